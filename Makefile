@@ -1,0 +1,35 @@
+# Two commands for users: `make demo` and `make test`. Both install into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install test unit demo lint typecheck bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $(STAMP)
+
+# The whole suite against a real Kafka broker started on free ports and always stopped afterwards.
+test: install
+	$(VENV)/bin/stream-app kafka exec -- $(PY) -m pytest $(PYTEST_ARGS)
+
+# Fast pure tests only (no broker).
+unit: install
+	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+demo: install
+	$(VENV)/bin/stream-app demo
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy stream_app models
+
+clean:
+	rm -rf var .pytest_cache

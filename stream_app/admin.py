@@ -1,0 +1,56 @@
+"""Topic administration with kafka-python's admin client: create the service's topics with their
+intended partition counts before anything produces to them (the broker's auto-create would make
+1-partition topics and break co-partitioning), and check existing ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class TopicMismatch(RuntimeError):
+    pass
+
+
+def topic_specs(settings: Settings) -> dict[str, int]:
+    """name -> partitions. Input and outputs share the partition count: all are keyed by user."""
+    t, n = settings.topics, settings.partitions
+    return {t.events: n, t.dead_letters: n, t.valid_events: n, t.next_action: n, t.churn: n}
+
+
+def partition_counts(bootstrap: str, names: list[str] | None = None) -> dict[str, int]:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="clickstream-gru-admin")
+    try:
+        described = admin.describe_topics(names)
+    finally:
+        admin.close()
+    return {d.get("name") or d["topic"]: len(d["partitions"]) for d in described if not d.get("error_code")}
+
+
+def ensure_topics(bootstrap: str, specs: Mapping[str, int]) -> None:
+    """Create missing topics; fail loudly when an existing topic has a different partition count."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="clickstream-gru-admin")
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(name, n, 1) for name, n in specs.items() if name not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing, wait_for_metadata=True)
+            except TopicAlreadyExistsError:
+                pass  # another process created it between list and create
+            log.info("created topics %s", [t.name for t in missing])
+    finally:
+        admin.close()
+    have = partition_counts(bootstrap, list(specs))
+    wrong = {k: (have.get(k), n) for k, n in specs.items() if have.get(k) != n}
+    if wrong:
+        raise TopicMismatch(f"topics with unexpected partition counts (have, want): {wrong}")

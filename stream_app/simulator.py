@@ -1,0 +1,230 @@
+"""Storefront simulator: realistic shopper sessions with a known ground truth.
+
+Generation (`generate`) is pure and seeded; `produce` is the only Kafka side effect.
+
+The process, per user (latent engagement e ~ Beta(2, 2)):
+- a session starts with a view or a search; the next action follows a funnel Markov chain
+  (view -> add_to_cart -> purchase, favourites, removals, searches), with carting and buying
+  more likely for engaged users;
+- items: revisit one of the user's recent items (shoppers come back to what they just saw), stay in
+  the previous item's category, or pick a popular item (Zipf popularity);
+- `users` is the number of concurrent shoppers: one who churns is replaced by a new shopper (a
+  new id) arriving within `arrival_spread_s`, so a long run keeps a steady population;
+- after each event the session continues with probability c(action, e), the next event following
+  an exponential gap (mean `session_gap_mean_s`); otherwise the user returns with probability
+  r(e) after an exponential gap (mean `return_gap_mean_s`), or churns for good.
+
+So the true probability that a user acts again within `horizon_s` of an event is known exactly:
+    p_active = c * (1 - exp(-H/mu_s)) + (1 - c) * r * (1 - exp(-H/mu_r)),  p_churn = 1 - p_active.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .records import ACTIONS
+
+FUNNEL: dict[str, dict[str, float]] = {
+    "view": {"view": 0.66, "search": 0.08, "add_to_cart": 0.14, "favorite": 0.06, "purchase": 0.02},
+    "search": {"view": 0.85, "search": 0.15},
+    "add_to_cart": {"view": 0.42, "purchase": 0.3, "remove_from_cart": 0.1, "add_to_cart": 0.06,
+                    "search": 0.12},
+    "remove_from_cart": {"view": 0.7, "search": 0.3},
+    "favorite": {"view": 0.7, "add_to_cart": 0.2, "search": 0.1},
+    "purchase": {"view": 0.6, "search": 0.4},
+}
+SESSION_START = {"view": 0.75, "search": 0.25}
+CONTINUE_BASE = {"view": 0.80, "search": 0.85, "add_to_cart": 0.80, "remove_from_cart": 0.70,
+                 "favorite": 0.75, "purchase": 0.35}
+WORDS = ("shoes", "dress", "phone", "lamp", "sofa", "mug", "jacket", "watch", "bag", "toy")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    users: int = 1000
+    events: int = 10_000
+    items: int = 5000
+    categories: int = 60
+    seed: int = 7
+    start_ts: float = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+    arrival_spread_s: float = 3600.0  # users' first sessions start within this window
+    session_gap_mean_s: float = 40.0
+    return_gap_mean_s: float = 4 * 3600.0
+    horizon_s: float = 1800.0  # churn horizon: no event within this => churned
+    revisit_p: float = 0.3
+    invalid_rate: float = 0.0  # fraction of messages replaced by malformed ones (tests, demos)
+
+
+@dataclass
+class _User:
+    uid: str
+    engagement: float
+    recent: list[int]
+    last_action: str | None = None
+    last_item: int | None = None
+    session: int = 0
+
+
+class Storefront:
+    """Catalogue + user population; `events()` yields time-ordered (event, truth) pairs."""
+
+    def __init__(self, cfg: SimConfig) -> None:
+        self.cfg = cfg
+        self.rng = random.Random(cfg.seed)
+        n = cfg.items
+        weights = [1.0 / (i + 1) ** 1.05 for i in range(n)]  # Zipf-like popularity
+        self.item_category = [self.rng.randrange(cfg.categories) for _ in range(n)]
+        self.item_price = [round(math.exp(self.rng.gauss(3.2, 0.9)), 2) for _ in range(n)]
+        self.by_category: list[list[int]] = [[] for _ in range(cfg.categories)]
+        self.by_category_w: list[list[float]] = [[] for _ in range(cfg.categories)]
+        for i, c in enumerate(self.item_category):
+            self.by_category[c].append(i)
+            self.by_category_w[c].append(weights[i])
+        self.items = list(range(n))
+        self.weights = weights
+
+    def continue_p(self, action: str, e: float) -> float:
+        return min(0.97, CONTINUE_BASE[action] * (0.75 + 0.3 * e))
+
+    def return_p(self, e: float) -> float:
+        return 0.15 + 0.8 * e
+
+    def p_churn(self, action: str, e: float) -> float:
+        c, r, h = self.continue_p(action, e), self.return_p(e), self.cfg.horizon_s
+        active = c * (1 - math.exp(-h / self.cfg.session_gap_mean_s)) + (1 - c) * r * (
+            1 - math.exp(-h / self.cfg.return_gap_mean_s))
+        return 1.0 - active
+
+    def _pick(self, table: dict[str, float], e: float) -> str:
+        keys = list(table)
+        w = [table[k] * ((0.5 + e) if k in ("add_to_cart", "purchase") else 1.0) for k in keys]
+        return self.rng.choices(keys, w)[0]
+
+    def _item(self, u: _User) -> int:
+        r = self.rng.random()
+        if u.recent and r < self.cfg.revisit_p:
+            return self.rng.choice(u.recent[-10:])
+        if u.last_item is not None and r < self.cfg.revisit_p + 0.45:
+            c = self.item_category[u.last_item]
+            return self.rng.choices(self.by_category[c], self.by_category_w[c])[0]
+        return self.rng.choices(self.items, self.weights)[0]
+
+    def _next_event(self, u: _User, ts: float, new_session: bool) -> dict[str, Any]:
+        if new_session or u.last_action is None:
+            u.session += 1
+            action = self._pick(SESSION_START, u.engagement)
+        else:
+            action = self._pick(FUNNEL[u.last_action], u.engagement)
+        ev: dict[str, Any] = {"event_id": str(uuid.UUID(int=self.rng.getrandbits(128))),
+                              "user_id": u.uid, "ts": round(ts, 3), "action": action,
+                              "session_id": f"{u.uid}-s{u.session}"}
+        if action == "search":
+            c = self.rng.randrange(self.cfg.categories)
+            ev["query"] = f"{WORDS[c % len(WORDS)]} {c}"
+            ev["category_id"] = f"c{c}"
+        else:
+            if action in ("view", "favorite") or u.last_item is None:
+                item = self._item(u)
+            else:  # cart, removal and purchase act on the item just looked at
+                item = u.last_item
+            ev["item_id"] = f"i{item}"
+            ev["category_id"] = f"c{self.item_category[item]}"
+            ev["price"] = self.item_price[item]
+            u.last_item = item
+            u.recent.append(item)
+            del u.recent[:-20]
+        u.last_action = action
+        return ev
+
+    def events(self) -> Iterator[tuple[dict[str, Any], dict[str, float]]]:
+        """(event dict, truth) in time order; truth = {"p_churn", "engagement"}."""
+        cfg, rng = self.cfg, self.rng
+        heap: list[tuple[float, int, bool]] = []
+        users: list[_User] = []
+        for i in range(cfg.users):
+            users.append(_User(uid=f"u{i}", engagement=rng.betavariate(2, 2), recent=[]))
+            heapq.heappush(heap, (cfg.start_ts + rng.uniform(0, cfg.arrival_spread_s), i, True))
+        produced = 0
+        while heap and produced < cfg.events:
+            ts, i, new_session = heapq.heappop(heap)
+            u = users[i]
+            ev = self._next_event(u, ts, new_session)
+            truth = {"p_churn": self.p_churn(ev["action"], u.engagement), "engagement": u.engagement}
+            produced += 1
+            yield ev, truth
+            if rng.random() < self.continue_p(ev["action"], u.engagement):
+                heapq.heappush(heap, (ts + rng.expovariate(1 / cfg.session_gap_mean_s), i, False))
+            elif rng.random() < self.return_p(u.engagement):
+                heapq.heappush(heap, (ts + rng.expovariate(1 / cfg.return_gap_mean_s), i, True))
+            else:  # churned for good; a new shopper takes the slot, so traffic stays steady
+                users.append(_User(uid=f"u{len(users)}", engagement=rng.betavariate(2, 2), recent=[]))
+                arrival = ts + rng.uniform(0, cfg.arrival_spread_s)
+                heapq.heappush(heap, (arrival, len(users) - 1, True))
+
+
+def corrupt(ev: dict[str, Any], rng: random.Random) -> tuple[bytes, bytes]:
+    """A malformed message of a kind storefronts really send; returns (key, value)."""
+    key = ev["user_id"].encode()
+    kind = rng.randrange(6)
+    if kind == 0:
+        return key, orjson.dumps(ev)[:-3]  # truncated JSON
+    bad = dict(ev)
+    if kind == 1:
+        bad.pop("user_id")
+    elif kind == 2:
+        bad["action"] = "hover"
+    elif kind == 3:
+        bad["ts"] = ev["ts"] * 1000  # milliseconds
+    elif kind == 4:
+        bad["price"] = "cheap"
+    else:
+        key = b"someone-else"
+    return key, orjson.dumps(bad)
+
+
+def messages(cfg: SimConfig) -> Iterator[tuple[bytes, bytes, bool]]:
+    """(key, value, valid) Kafka messages for the simulated stream."""
+    rng = random.Random(cfg.seed + 1)
+    for ev, _ in Storefront(cfg).events():
+        if cfg.invalid_rate and rng.random() < cfg.invalid_rate:
+            k, v = corrupt(ev, rng)
+            yield k, v, False
+        else:
+            yield ev["user_id"].encode(), orjson.dumps(ev), True
+
+
+def produce(bootstrap: str, topic: str, cfg: SimConfig, rate: float | None = None,
+            on_sent: Any = None) -> dict[str, int]:
+    """Send the simulated stream keyed by user; `rate` events/s (None = as fast as possible)."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all",
+                             batch_size=256 * 1024, client_id="storefront-simulator")
+    counts = {"valid": 0, "invalid": 0}
+    t0 = time.monotonic()
+    try:
+        for n, (key, value, valid) in enumerate(messages(cfg)):
+            if rate:
+                delay = t0 + n / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            producer.send(topic, key=key, value=value)
+            counts["valid" if valid else "invalid"] += 1
+            if on_sent is not None:
+                on_sent(key, value, valid)
+        producer.flush()
+    finally:
+        producer.close()
+    return counts
+
+
+__all__ = ["ACTIONS", "SimConfig", "Storefront", "messages", "produce"]

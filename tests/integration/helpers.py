@@ -1,0 +1,94 @@
+"""Real-broker helpers for integration tests: a worker subprocess, and reading whole topics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kafka import KafkaConsumer, TopicPartition
+
+from stream_app.broker import free_port
+
+
+@dataclass
+class WorkerProcess:
+    proc: subprocess.Popen
+    web_port: int
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_worker(bootstrap: str, namespace: str, tmp: Path, *, extra_args: list[str] | None = None,
+                 env: dict[str, str] | None = None, app_id: str | None = None,
+                 ready_timeout: float = 90.0) -> WorkerProcess:
+    """`stream-app worker` as a real process; returns once it has its partitions assigned."""
+    port = free_port()
+    log_path = tmp / f"worker-{port}.log"
+    full_env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, CLICKSTREAM_NAMESPACE=namespace,
+                    CLICKSTREAM_APP_ID=app_id or f"{namespace}app", PYTHONUNBUFFERED="1",
+                    **(env or {}))
+    cmd = [sys.executable, "-m", "stream_app.cli", "worker", "--web-port", str(port),
+           "--data-dir", str(tmp / "worker-data"), *(extra_args or [])]
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+    w = WorkerProcess(proc, port, log_path, full_env)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}:\n{w.log()[-4000:]}")
+        if "Worker ready" in w.log():
+            return w
+        time.sleep(0.25)
+    w.stop()
+    raise TimeoutError(f"worker not ready in {ready_timeout}s:\n{w.log()[-4000:]}")
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list:
+    """Every record of a topic (all partitions, from the beginning), waiting for `expected`."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             auto_offset_reset="earliest", consumer_timeout_ms=1000)
+    try:
+        deadline = time.monotonic() + 30
+        parts = None
+        while not parts and time.monotonic() < deadline:
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                time.sleep(0.2)
+        assert parts, f"topic {topic} does not exist"
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        records: list = []
+        deadline = time.monotonic() + timeout
+        while len(records) < expected and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        # a short extra read catches anything beyond `expected` (duplicates must not hide)
+        for batch in consumer.poll(timeout_ms=1000).values():
+            records.extend(batch)
+        return records
+    finally:
+        consumer.close()
