@@ -1,10 +1,11 @@
-"""The faust.App, built from Settings: topics, the one agent, the /metrics page.
+"""The faust.App, built from Settings: topics, the state table, the one agent, timers, /metrics.
 
 `build_app` has no side effects until the app is started by `run_worker`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -15,10 +16,14 @@ from . import __version__
 from .agents import EventPipeline
 from .config import Settings
 from .instruments import Metrics
+from .predictor import Predictor
+from .state import StateLimits, last_seen_of
 
 log = logging.getLogger(__name__)
 
-AGENT_NAME = "clickstream-gru.events"  # explicit: never derived from the function's location
+# Stateful names: part of the data, never derived from where a function lives.
+AGENT_NAME = "clickstream-gru.events"
+STATE_TABLE = "user-state"  # changelog topic: "<app_id>-user-state-changelog"
 
 
 def _raw_topic(app: faust.App, name: str, partitions: int) -> Any:
@@ -27,8 +32,11 @@ def _raw_topic(app: faust.App, name: str, partitions: int) -> Any:
                      value_serializer="raw", partitions=partitions)
 
 
-def build_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
+def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None = None) -> faust.App:
     metrics = metrics or Metrics()
+    if settings.window_events < predictor.model.cfg.window:
+        raise ValueError(f"window_events={settings.window_events} is smaller than the model's "
+                         f"window ({predictor.model.cfg.window})")
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",
@@ -45,16 +53,26 @@ def build_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         producer_acks=-1,
         processing_guarantee="at_least_once",  # exactly_once has open upstream bugs
     )
-    app.metrics_registry = metrics  # type: ignore[attr-defined]
     t = settings.topics
-    events = _raw_topic(app, t.events, settings.partitions)
+    # use_partitioner: the changelog partition comes from the key (Kafka's default partitioner,
+    # the same the storefronts' producers use: the agent dead-letters events where that does not
+    # hold), so the idle sweep can delete rows without an event in hand.
+    table = app.Table(STATE_TABLE, key_type=bytes, value_type=bytes,  # bytes => raw serializers
+                      partitions=settings.partitions, use_partitioner=True)
     pipeline = EventPipeline(
-        metrics=metrics,
+        metrics=metrics, predictor=predictor, table=table,
+        limits=StateLimits(settings.window_events, settings.window_seconds),
+        partitions=settings.partitions,
         dead_letters=_raw_topic(app, t.dead_letters, settings.partitions),
+        next_action=_raw_topic(app, t.next_action, settings.partitions),
+        churn=_raw_topic(app, t.churn, settings.partitions),
         valid_events=_raw_topic(app, t.valid_events, settings.partitions)
         if settings.emit_valid_events else None,
     )
+    app.pipeline = pipeline  # type: ignore[attr-defined]
+    events = _raw_topic(app, t.events, settings.partitions)
     metrics.info.labels(settings.app_id, __version__).set(1)
+    metrics.set_model(predictor.version, str(predictor.device))
 
     async def process(stream: Any) -> None:
         async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
@@ -62,6 +80,53 @@ def build_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
 
     # concurrency 1: higher concurrency can commit past an in-flight message (Faust #606)
     app.agent(events, name=AGENT_NAME, concurrency=1)(process)
+
+    @app.timer(settings.sweep_interval_s)
+    async def expire_idle_users() -> None:
+        """Delete users idle for longer than the window (event time), and measure state."""
+        cutoff = pipeline.watermark - settings.window_seconds
+        n = size = 0
+        expired = []
+        for i, key in enumerate(list(table.keys())):
+            raw = table.get(key)
+            if raw is None:
+                continue
+            n += 1
+            size += len(raw)
+            if last_seen_of(raw) < cutoff:
+                expired.append(key)
+            if i % 2000 == 1999:
+                await asyncio.sleep(0)  # let the agent run during a long sweep
+        for key in expired:
+            if key in table and last_seen_of(table[key]) < cutoff:  # unless it came back meanwhile
+                del table[key]
+                pipeline.forget(key)
+        metrics.expired_users.inc(len(expired))
+        metrics.active_users.set(n - len(expired))
+        metrics.state_bytes.set(size)
+        if expired:
+            log.info("expired %d idle users (last seen before %.0f)", len(expired), cutoff)
+
+    @app.timer(settings.model_poll_s)
+    async def follow_model_registry() -> None:
+        if predictor.maybe_reload():
+            metrics.set_model(predictor.version, str(predictor.device))
+
+    cache_seen = {"hit": 0, "miss": 0}
+
+    @app.timer(2.0)
+    async def export_gauges() -> None:
+        cache = predictor.cache
+        for name, now in (("hit", cache.hits), ("miss", cache.misses)):
+            metrics.cache_lookups.labels(name).inc(max(now - cache_seen[name], 0))
+            cache_seen[name] = now
+        for tp in app.consumer.assignment():
+            if tp.topic != t.events:
+                continue
+            hw = app.consumer.highwater(tp)
+            if hw is not None:
+                done = pipeline.offsets.get(tp.partition, -1) + 1
+                metrics.consumer_lag.labels(str(tp.partition)).set(max(hw - done, 0))
 
     @app.page("/metrics")
     async def metrics_page(self: Any, request: Any) -> Any:

@@ -92,17 +92,93 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .admin import ensure_topics, topic_specs
-    from .app import build_app, run_worker
+    from models.checkpoint import CheckpointError, current_version
 
     s = _settings(args).with_(
         data_dir=Path(args.data_dir) if args.data_dir else None, web_port=args.web_port,
-        store=args.store)
+        store=args.store, model_dir=Path(args.model_dir) if args.model_dir else None,
+        device=args.device)
+    if current_version(s.model_dir) is None:
+        print(f"error: no model in {s.model_dir}. Train one first, e.g.\n"
+              f"  stream-app train --source simulate --out {s.model_dir}", file=sys.stderr)
+        return 2
+    from .admin import ensure_topics, topic_specs
+    from .app import build_app, run_worker
+    from .predictor import Predictor
+
+    try:
+        predictor = Predictor(s.model_dir, device=s.device, top_k=s.top_k, cache_users=s.cache_users)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     ensure_topics(s.bootstrap, topic_specs(s))
-    app = build_app(s)
-    log.info("worker %s consuming %s from %s; metrics on http://%s:%d/metrics",
-             s.app_id, s.topics.events, s.bootstrap, s.web_host, s.web_port)
+    app = build_app(s, predictor)
+    log.info("worker %s: %s -> predictions with model %s on %s; metrics http://%s:%d/metrics",
+             s.app_id, s.topics.events, predictor.version, predictor.device, s.web_host, s.web_port)
     run_worker(app, loglevel=s.log_level)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from models.checkpoint import save_version
+    from models.datasets import read_diginetica, read_taobao, sessions_to_seqdata
+    from models.gru import GRUConfig
+    from models.train import TrainConfig, fit, pick_device
+
+    from .sources import SHARED, jsonl_events, simulated_events
+
+    def progress(p: dict) -> None:
+        if p.get("done"):
+            print(f"\repoch {p['epoch']}: train loss {p['train_loss']:.4f}, valid "
+                  f"{p.get('valid', {}).get('total', float('nan')):.4f} ({p['elapsed_s']:.0f}s)"
+                  + " " * 20, file=sys.stderr, flush=True)
+        else:
+            bar = "#" * int(30 * p["batch"] / p["batches"])
+            print(f"\repoch {p['epoch']} [{bar:<30}] {p['batch']}/{p['batches']} "
+                  f"loss {p['loss']:.4f}", end="", file=sys.stderr, flush=True)
+
+    quick = args.quick
+    cfg = GRUConfig(n_items=0, n_categories=0, emb_dim=32 if quick else args.hidden,
+                    hidden=32 if quick else args.hidden, churn_horizon_s=args.horizon)
+    tcfg = TrainConfig(epochs=1 if quick else args.epochs, max_seconds=args.max_seconds)
+    data_desc: dict = {"source": args.source}
+    if args.source == "diginetica":
+        from models.data import Vocab
+
+        train, _ = read_diginetica(SHARED / "diginetica")
+        train = train[:20000] if quick else train
+        items = Vocab.build((i for s in train for i in s), cfg.item_buckets)
+        cats = Vocab((), cfg.category_buckets)
+        cfg = GRUConfig(**{**cfg.to_dict(), "n_items": len(items)})
+        cut = int(0.95 * len(train))
+        model, report = fit(cfg, sessions_to_seqdata(train[:cut], items),
+                            sessions_to_seqdata(train[cut:], items),
+                            TrainConfig(**{**tcfg.__dict__, "w_action": 0.0, "w_churn": 0.0}),
+                            device=args.device, progress=progress)
+        data_desc |= {"sessions": len(train), "heads_trained": ["next_item"],
+                      "note": "no actions or timestamps in this data: action and churn heads untrained"}
+        metrics = {"best_valid_loss": report["best_valid_loss"]}
+    else:
+        from models.recipes import train_on_events
+
+        if args.source == "simulate":
+            events, _ = simulated_events(args.users, 20_000 if quick else args.events)
+        elif args.source == "taobao":
+            events = read_taobao(SHARED / "taobao_slice" / "UserBehavior.csv")
+            events = events[:30_000] if quick else events
+        else:
+            events, bad = jsonl_events(Path(args.source))
+            data_desc["rejected_lines"] = bad
+        trained = train_on_events(events, cfg, tcfg, device=args.device, progress=progress)
+        model, items, cats, report = trained.model, trained.items, trained.categories, trained.report
+        data_desc |= {"events": len(events), "split": trained.split,
+                      "heads_trained": ["next_item", "next_action", "churn"]}
+        metrics = report["test"]
+    version = save_version(Path(args.out), model.cpu(), items, cats, data_desc,
+                           {"test": metrics, "training": {k: report[k] for k in
+                            ("epochs_run", "best_valid_loss", "train_seconds", "device")}})
+    print(f"device {pick_device(args.device)}; test metrics: {metrics}")
+    print(f"saved version {version} in {args.out}")
     return 0
 
 
@@ -157,7 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--data-dir", help="table state (RocksDB) directory")
     wk.add_argument("--web-port", type=int, help="HTTP port for /metrics (default 6066)")
     wk.add_argument("--store", help="rocksdb:// (default) or memory://")
+    wk.add_argument("--model-dir", help="model registry (default $CLICKSTREAM_MODEL_DIR or var/models)")
+    wk.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
     wk.set_defaults(func=cmd_worker)
+
+    tr = sub.add_parser("train", help="train a model and add it to a model registry")
+    tr.add_argument("--source", default="simulate",
+                    help="simulate | taobao | diginetica | PATH (JSON lines of schema-v1 events)")
+    tr.add_argument("--out", required=True, help="model registry directory")
+    tr.add_argument("--quick", action="store_true", help="small and fast (tests, demos)")
+    tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    tr.add_argument("--epochs", type=int, default=10)
+    tr.add_argument("--max-seconds", type=float, help="training wall-clock budget")
+    tr.add_argument("--hidden", type=int, default=128)
+    tr.add_argument("--horizon", type=float, default=1800.0, help="churn horizon in seconds")
+    tr.add_argument("--users", type=int, default=2000, help="simulate: concurrent shoppers")
+    tr.add_argument("--events", type=int, default=200_000, help="simulate: events")
+    tr.set_defaults(func=cmd_train)
 
     dm = sub.add_parser("demo", help="broker + worker + simulator, predictions printed live")
     dm.add_argument("--rate", type=float, default=20.0, help="simulated events per second")

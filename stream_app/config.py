@@ -22,7 +22,15 @@ class Settings:
     web_port: int = 6066
     batch_max: int = 512  # events per micro-batch
     batch_within_s: float = 0.01  # longest wait to fill a batch: bounds latency at low load
-    emit_valid_events: bool = True  # publish normalised events for downstream users and retraining
+    emit_valid_events: bool = False  # also publish normalised events (for retraining consumers)
+    model_dir: Path = Path("var/models")  # model registry (stream-app train --out)
+    device: str = "auto"  # auto | cpu | cuda
+    top_k: int = 10  # next items per prediction
+    window_events: int = 20  # N: events kept per user (>= the model's window)
+    window_seconds: float = 86400.0  # T: window time span; users idle longer are expired
+    sweep_interval_s: float = 60.0  # how often idle users are expired
+    cache_users: int = 100_000  # device-resident hidden states
+    model_poll_s: float = 10.0  # how often the registry's CURRENT is checked for a new version
     log_level: str = "info"
     topics: TopicNames = field(init=False)
 
@@ -48,6 +56,14 @@ class Settings:
             web_port=int(e.get("CLICKSTREAM_WEB_PORT", d.web_port)),
             batch_max=int(e.get("CLICKSTREAM_BATCH_MAX", d.batch_max)),
             batch_within_s=float(e.get("CLICKSTREAM_BATCH_WITHIN_S", d.batch_within_s)),
-            emit_valid_events=e.get("CLICKSTREAM_EMIT_VALID", "1") not in ("0", "false", "no"),
+            emit_valid_events=e.get("CLICKSTREAM_EMIT_VALID", "0") not in ("0", "false", "no"),
+            model_dir=Path(e.get("CLICKSTREAM_MODEL_DIR", str(d.model_dir))),
+            device=e.get("CLICKSTREAM_DEVICE", d.device),
+            top_k=int(e.get("CLICKSTREAM_TOP_K", d.top_k)),
+            window_events=int(e.get("CLICKSTREAM_WINDOW_EVENTS", d.window_events)),
+            window_seconds=float(e.get("CLICKSTREAM_WINDOW_SECONDS", d.window_seconds)),
+            sweep_interval_s=float(e.get("CLICKSTREAM_SWEEP_INTERVAL_S", d.sweep_interval_s)),
+            cache_users=int(e.get("CLICKSTREAM_CACHE_USERS", d.cache_users)),
+            model_poll_s=float(e.get("CLICKSTREAM_MODEL_POLL_S", d.model_poll_s)),
             log_level=e.get("CLICKSTREAM_LOG_LEVEL", d.log_level),
         )

@@ -14,9 +14,11 @@ from typing import Any
 
 import orjson
 
+from models.actions import ACTION_INDEX, ACTIONS
+
 SCHEMA_VERSION = 1
-ACTIONS: tuple[str, ...] = ("view", "search", "add_to_cart", "remove_from_cart", "favorite", "purchase")
-ACTION_INDEX = {a: i for i, a in enumerate(ACTIONS)}
+__all__ = ["ACTIONS", "ACTION_INDEX", "Event", "InvalidEvent", "churn_payload", "next_action_payload",
+           "parse_event"]
 MAX_EVENT_BYTES = 64 * 1024
 MAX_STR_LEN = 512
 # Unix seconds between 2000-01-01 and 2100-01-01: catches milliseconds sent as seconds.
@@ -30,8 +32,10 @@ INVALID_TYPE = "invalid_type"
 INVALID_VALUE = "invalid_value"
 KEY_MISMATCH = "key_mismatch"
 TOO_LARGE = "too_large"
+WRONG_PARTITION = "wrong_partition"  # not where the default partitioner puts its key
+PROCESSING_ERROR = "processing_error"  # valid, but scoring it failed (a bug: see the worker log)
 REASONS = (INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, INVALID_TYPE, INVALID_VALUE, KEY_MISMATCH,
-           TOO_LARGE)
+           TOO_LARGE, WRONG_PARTITION, PROCESSING_ERROR)
 
 
 class InvalidEvent(ValueError):
@@ -143,6 +147,33 @@ def parse_event(raw: bytes | None, key: bytes | None = None) -> Event:
         session_id=_string(obj, "session_id", False),
         query=_string(obj, "query", False),
     )
+
+
+PREDICTION_SCHEMA_VERSION = 1
+
+
+def next_action_payload(event: Event, model_version: str, action_probs: Any,
+                        top_items: list[tuple[str, float]], emitted_ts: float, replayed: bool) -> bytes:
+    """`predictions.next_action` value (key = user_id). See schemas/next_action.schema.json."""
+    return orjson.dumps({
+        "schema_version": PREDICTION_SCHEMA_VERSION, "event_id": event.event_id,
+        "user_id": event.user_id, "event_ts": event.ts, "action": event.action,
+        "model_version": model_version,
+        "action_probs": {a: float(p) for a, p in zip(ACTIONS, action_probs, strict=True)},
+        "top_items": [{"item_id": i, "score": s} for i, s in top_items],
+        "emitted_ts": emitted_ts, "replayed": replayed,
+    })
+
+
+def churn_payload(event: Event, model_version: str, churn_probability: float, horizon_s: float,
+                  emitted_ts: float, replayed: bool) -> bytes:
+    """`predictions.churn` value (key = user_id). See schemas/churn.schema.json."""
+    return orjson.dumps({
+        "schema_version": PREDICTION_SCHEMA_VERSION, "event_id": event.event_id,
+        "user_id": event.user_id, "event_ts": event.ts, "model_version": model_version,
+        "churn_probability": churn_probability, "horizon_s": horizon_s,
+        "emitted_ts": emitted_ts, "replayed": replayed,
+    })
 
 
 def dead_letter_headers(err: InvalidEvent, topic: str, partition: int, offset: int,

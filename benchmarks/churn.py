@@ -1,0 +1,107 @@
+"""Churn: will this user act again within the horizon?
+
+1. Simulator data, where the true probability is known: the GRU against a recency/frequency
+   logistic regression and against the truth itself (the ceiling). AUC, PR-AUC, log loss, ECE.
+2. Real data, Diginetica purchases (CIKM Cup 2016): does a buyer buy again within 30 days?
+   The GRU against the same recency/frequency baseline; whichever wins is reported as it is.
+
+    python -m benchmarks.churn --json benchmarks/results/churn.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from models.datasets import read_purchases
+from models.gru import GRUConfig
+from models.metrics import binary_report
+from models.recipes import Trained, train_on_events
+from models.train import TrainConfig, pick_device
+from stream_app.sources import simulated_events
+
+from .baselines import fit_logistic, position_features, predict_logistic, rf_design
+from .common import DEFAULT_DATA, environment, stderr_progress, write_json
+
+
+def rf_baseline(tr: Trained) -> np.ndarray:
+    """Fit on training positions (labels observed before the training cutoff), predict test."""
+    data, split = tr.data, tr.split
+    f = position_features(data)
+    X = rf_design(f)
+    H = tr.model.cfg.churn_horizon_s
+    nxt_ts = np.where(f["next_action"] >= 0, np.roll(data.ts, -1), np.inf)
+    c1 = split["train_before_ts"]
+    labelled = data.ts + H <= c1  # the horizon closes before the training cutoff
+    y = (nxt_ts - data.ts > H).astype(float)
+    w = fit_logistic(X[labelled], y[labelled])
+    p = predict_logistic(w, X[tr.test.churn_at])
+    assert np.array_equal(y[tr.test.churn_at], tr.test.churn_labels)
+    return p
+
+
+def simulated(args: argparse.Namespace, tcfg: TrainConfig, cfg: GRUConfig) -> dict:
+    events, truths = simulated_events(args.users, args.events, seed=args.seed)
+    tr = train_on_events(events, cfg, tcfg, device=args.device, progress=stderr_progress)
+    y = tr.test.churn_labels
+    truth = np.array([truths[i]["p_churn"] for i in tr.data.origin[tr.test.churn_at]])
+    res = {"clickstream-gru": binary_report(tr.test.churn_probs, y),
+           "recency_frequency_logreg": binary_report(rf_baseline(tr), y),
+           "ground_truth_ceiling": binary_report(truth, y)}
+    gap = res["ground_truth_ceiling"]["auc"] - res["clickstream-gru"]["auc"]
+    return {"events": len(events), "users": args.users, "horizon_s": cfg.churn_horizon_s,
+            "split": tr.split, "training": tr.report, "results": res,
+            "goal": {"auc_gap_to_ceiling": gap, "auc_within_0.02": gap <= 0.02,
+                     "ece_below_0.02": res["clickstream-gru"]["ece"] < 0.02}}
+
+
+def purchases(args: argparse.Namespace, tcfg: TrainConfig, cfg: GRUConfig) -> dict:
+    events = read_purchases(args.data / "train-purchases.csv")
+    horizon = 30 * 86400.0
+    cfg = GRUConfig(**{**cfg.to_dict(), "churn_horizon_s": horizon})
+    # labels need 30 days of future: split early enough that the test part has them
+    tr = train_on_events(events, cfg, tcfg, device=args.device, progress=stderr_progress,
+                         train_q=0.45, valid_q=0.6)
+    y = tr.test.churn_labels
+    res = {"clickstream-gru": binary_report(tr.test.churn_probs, y),
+           "recency_frequency_logreg": binary_report(rf_baseline(tr), y)}
+    winner = max(res, key=lambda k: res[k]["auc"])
+    return {"events": len(events), "buyers": len({e["user_id"] for e in events}),
+            "horizon_days": 30, "split": tr.split, "training": tr.report, "results": res,
+            "winner_by_auc": winner}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA / "diginetica_raw")
+    ap.add_argument("--json", default="benchmarks/results/churn.json")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--users", type=int, default=3000)
+    ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--epochs", type=int, default=8)
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    hidden = 64
+    if args.quick:
+        args.users, args.events, args.epochs, hidden = 300, 20_000, 1, 16
+    cfg = GRUConfig(n_items=0, n_categories=0, emb_dim=hidden, hidden=hidden,
+                    churn_horizon_s=1800.0, item_buckets=256, category_buckets=16)
+    tcfg = TrainConfig(epochs=args.epochs, w_item=0.3, w_action=0.3, w_churn=1.0,
+                       batch_tokens=4096, patience=2)
+    out = {"benchmark": "churn", "environment": environment(str(pick_device(args.device))),
+           "quick": args.quick, "model_config": cfg.to_dict(),
+           "simulated": simulated(args, tcfg, cfg),
+           "diginetica_purchases": purchases(args, tcfg, cfg)}
+    out["seconds"] = time.time() - t0
+    write_json(args.json, out)
+    for part in ("simulated", "diginetica_purchases"):
+        print(part, {k: {m: round(v, 4) for m, v in r.items()} for k, r in out[part]["results"].items()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Sequences to batches: vocabularies, compact per-user sequences, labels, time splits.
+
+Storage is CSR-like: flat numpy arrays for all events plus `offsets` (one row per user or
+session, oldest event first). Labels are derived, never stored:
+- next item / next action: the user's next event (ignored at the last event);
+- churn: 1 if the gap to the next event exceeds the horizon, 0 if not; censored (no label) when
+  the data ends less than one horizon after this event, whatever happened next.
+Pure numpy/torch; readers of files take paths and return arrays.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .gru import Events, GRUConfig, sliding_windows
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Known ids -> 1..n; unknown ids -> one of `buckets` hashed slots after them; None -> 0."""
+
+    ids: tuple[str, ...]
+    buckets: int
+    _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {k: i + 1 for i, k in enumerate(self.ids)})
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def index(self, key: str | None) -> int:
+        if key is None:
+            return 0
+        i = self._index.get(key)
+        if i is not None:
+            return i
+        return 1 + len(self.ids) + zlib.crc32(key.encode()) % self.buckets
+
+    def is_known(self, idx: int) -> bool:
+        return 1 <= idx <= len(self.ids)
+
+    def id_of(self, idx: int) -> str:
+        return self.ids[idx - 1]
+
+    @classmethod
+    def build(cls, keys: Iterable[str | None], buckets: int, min_count: int = 1) -> Vocab:
+        counts: dict[str, int] = {}
+        for k in keys:
+            if k is not None:
+                counts[k] = counts.get(k, 0) + 1
+        kept = sorted((k for k, c in counts.items() if c >= min_count), key=lambda k: (-counts[k], k))
+        return cls(tuple(kept), buckets)
+
+
+@dataclass
+class SeqData:
+    offsets: np.ndarray  # (S+1,) int64
+    action: np.ndarray  # (N,) int64
+    item: np.ndarray  # (N,) int64 vocabulary indices, 0 = none
+    category: np.ndarray  # (N,) int64
+    ts: np.ndarray  # (N,) float64 unix seconds (0 when the data has no time)
+    price: np.ndarray  # (N,) float32, NaN when absent
+    end_ts: float  # when the observation window ends (churn censoring)
+    has_time: bool = True
+    keys: list[str] | None = None  # user/session id per row
+    origin: np.ndarray | None = None  # (N,) index of each event in the caller's original list
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def rows(self, idx: Sequence[int]) -> SeqData:
+        parts = [np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx]
+        sel = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        lens = np.array([len(p) for p in parts], np.int64)
+        return SeqData(np.concatenate([[0], np.cumsum(lens)]), self.action[sel], self.item[sel],
+                       self.category[sel], self.ts[sel], self.price[sel], self.end_ts,
+                       self.has_time, [self.keys[i] for i in idx] if self.keys else None,
+                       None if self.origin is None else self.origin[sel])
+
+    def before(self, cutoff: float) -> SeqData:
+        """Only events with ts < cutoff, observation ending at cutoff (a time-ordered train set)."""
+        keep = self.ts < cutoff
+        row_of = np.repeat(np.arange(len(self)), self.lengths())
+        counts = np.bincount(row_of[keep], minlength=len(self))
+        has = counts > 0
+        keys = [k for k, h in zip(self.keys, has, strict=True) if h] if self.keys else None
+        return SeqData(np.concatenate([[0], np.cumsum(counts[has])]).astype(np.int64),
+                       self.action[keep], self.item[keep], self.category[keep], self.ts[keep],
+                       self.price[keep], float(cutoff), self.has_time, keys,
+                       None if self.origin is None else self.origin[keep])
+
+
+def from_sequences(seqs: Iterable[Sequence[tuple]], has_time: bool, end_ts: float | None = None,
+                   keys: list[str] | None = None) -> SeqData:
+    """Rows of (action, item_idx, category_idx, ts, price_or_nan) tuples -> SeqData."""
+    flat: list[tuple] = []
+    offsets = [0]
+    for s in seqs:
+        flat.extend(s)
+        offsets.append(len(flat))
+    arr = np.array(flat, dtype=np.float64).reshape(-1, 5)
+    ts = arr[:, 3]
+    return SeqData(np.array(offsets, np.int64), arr[:, 0].astype(np.int64),
+                   arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64), ts,
+                   arr[:, 4].astype(np.float32),
+                   float(end_ts if end_ts is not None else (ts.max() if len(ts) else 0.0)),
+                   has_time, keys)
+
+
+@dataclass
+class Batch:
+    x: Events  # (B, T)
+    next_item: torch.Tensor  # (B, T) long, 0 = no label
+    next_action: torch.Tensor  # (B, T) long, IGNORE = no label
+    churn: torch.Tensor  # (B, T) float, -1 = censored / no label
+    valid: torch.Tensor  # (B, T) bool, real (non-padding) positions
+    rows: np.ndarray  # which SeqData rows, in batch order
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.x.to(device), self.next_item.to(device), self.next_action.to(device),
+                     self.churn.to(device), self.valid.to(device), self.rows)
+
+
+def make_batch(data: SeqData, rows: Sequence[int], cfg: GRUConfig) -> Batch:
+    lens = data.lengths()[list(rows)]
+    B, T = len(rows), int(lens.max())
+    action = np.zeros((B, T), np.int64)
+    item = np.zeros((B, T), np.int64)
+    cat = np.zeros((B, T), np.int64)
+    ts = np.zeros((B, T), np.float64)
+    price = np.full((B, T), np.nan, np.float32)
+    valid = np.zeros((B, T), bool)
+    for b, r in enumerate(rows):
+        s, e = data.offsets[r], data.offsets[r + 1]
+        n = e - s
+        action[b, :n], item[b, :n], cat[b, :n] = data.action[s:e], data.item[s:e], data.category[s:e]
+        ts[b, :n], price[b, :n], valid[b, :n] = data.ts[s:e], data.price[s:e], True
+    has_next = np.zeros((B, T), bool)
+    has_next[:, :-1] = valid[:, 1:]
+    gap = np.zeros((B, T))
+    if data.has_time:
+        gap[:, 1:] = np.where(valid[:, 1:], np.maximum(ts[:, 1:] - ts[:, :-1], 0), 0)
+    next_item = np.where(has_next, np.roll(item, -1, 1), 0)
+    next_action = np.where(has_next, np.roll(action, -1, 1), IGNORE)
+    churn = np.full((B, T), -1.0, np.float32)
+    if data.has_time:
+        H = cfg.churn_horizon_s
+        next_gap = np.roll(gap, -1, 1)
+        # Label only positions observed for a whole horizon. Near the end, keeping those whose
+        # next event happened to arrive in time (label 0) and dropping the rest would bias the
+        # labels towards "stays"; so censor every one of them.
+        observed = valid & ((data.end_ts - ts) >= H)
+        churn = np.where(observed & has_next, (next_gap > H).astype(np.float32), churn)
+        churn = np.where(observed & ~has_next, 1.0, churn).astype(np.float32)
+    item_t = torch.from_numpy(item)
+    x = Events(
+        action=torch.from_numpy(action), item=item_t, category=torch.from_numpy(cat),
+        log_gap=torch.from_numpy(np.log1p(gap).astype(np.float32)),
+        log_price=torch.from_numpy(np.nan_to_num(np.log1p(price), nan=0.0).astype(np.float32)),
+        has_price=torch.from_numpy((~np.isnan(price)).astype(np.float32)),
+        window=sliding_windows(item_t, cfg.window),
+    )
+    return Batch(x, torch.from_numpy(next_item), torch.from_numpy(next_action),
+                 torch.from_numpy(churn), torch.from_numpy(valid), np.asarray(rows))
+
+
+def batches(data: SeqData, cfg: GRUConfig, max_tokens: int, shuffle: bool,
+            rng: np.random.Generator | None = None) -> Iterator[Batch]:
+    """Length-bucketed batches of at most `max_tokens` padded positions each."""
+    lens = data.lengths()
+    order = np.argsort(lens, kind="stable")
+    order = order[lens[order] > 0]
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    for r in order:
+        if cur and (len(cur) + 1) * lens[r] > max_tokens:
+            groups.append(cur)
+            cur = []
+        cur.append(int(r))
+    if cur:
+        groups.append(cur)
+    if shuffle:
+        (rng or np.random.default_rng()).shuffle(groups)  # type: ignore[arg-type]
+    for g in groups:
+        yield make_batch(data, g, cfg)

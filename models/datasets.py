@@ -1,0 +1,99 @@
+"""Readers for the benchmark data and for schema-v1 event dicts. Take paths, return arrays.
+
+- Diginetica (CIKM Cup 2016, SR-GNN split): sessions of item ids, no time, no actions.
+- Taobao UserBehavior (Alibaba Tianchi): user,item,category,behavior,timestamp.
+- Diginetica purchases: the buyers' purchase log, for "buys again within 30 days".
+- Event dicts (the stream's schema v1, e.g. from the simulator or a JSON-lines file).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .actions import ACTION_INDEX
+from .data import SeqData, Vocab, from_sequences
+
+TAOBAO_ACTIONS = {"pv": "view", "cart": "add_to_cart", "fav": "favorite", "buy": "purchase"}
+
+
+def read_diginetica(data_dir: Path) -> tuple[list[list[str]], list[tuple[list[str], str]]]:
+    """(training sessions, test rows (prefix, target)); ids as strings, oldest click first."""
+    train = [line.split() for line in (data_dir / "all_train_seq.tsv").read_text().splitlines()
+             if line.strip()]
+    test = []
+    with open(data_dir / "test.tsv") as fh:
+        next(fh)
+        for line in fh:
+            prefix, target = line.rstrip("\n").split("\t")
+            test.append((prefix.split(), target))
+    return train, test
+
+
+def sessions_to_seqdata(sessions: Iterable[list[str]], items: Vocab) -> SeqData:
+    view = ACTION_INDEX["view"]
+    rows = [[(view, items.index(i), 0, 0.0, math.nan) for i in s] for s in sessions]
+    return from_sequences(rows, has_time=False, end_ts=0.0)
+
+
+def read_taobao(path: Path) -> list[dict[str, Any]]:
+    """Schema-v1-like dicts sorted by time (the file is sorted; ties keep file order)."""
+    out = []
+    with open(path, newline="") as fh:
+        for n, (user, item, cat, behavior, ts) in enumerate(csv.reader(fh)):
+            out.append({"event_id": f"tb{n}", "user_id": user, "item_id": item,
+                        "category_id": cat, "action": TAOBAO_ACTIONS[behavior], "ts": float(ts)})
+    return out
+
+
+def read_purchases(path: Path) -> list[dict[str, Any]]:
+    """Logged-in buyers' orders as purchase events, one per order (its lines share a time, and
+    counting them apart would label every multi-item order as "bought again at once").
+    Time = order date plus the session-relative timeframe (ms); item = the order's first line."""
+    orders: dict[str, dict[str, Any]] = {}
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh, delimiter=";"):
+            if row["userId"] == "NA" or row["ordernumber"] in orders:
+                continue
+            day = datetime.strptime(row["eventdate"], "%Y-%m-%d").replace(tzinfo=UTC)
+            ts = day.timestamp() + int(row["timeframe"]) / 1000.0
+            orders[row["ordernumber"]] = {
+                "event_id": f"order-{row['ordernumber']}", "user_id": row["userId"],
+                "item_id": row["itemId"], "action": "purchase", "ts": ts,
+                "session_id": row["sessionId"]}
+    return sorted(orders.values(), key=lambda e: e["ts"])
+
+
+def build_vocabs(events: Iterable[Mapping[str, Any]], item_buckets: int, category_buckets: int,
+                 min_count: int = 1) -> tuple[Vocab, Vocab]:
+    evs = list(events)
+    return (Vocab.build((e.get("item_id") for e in evs), item_buckets, min_count),
+            Vocab.build((e.get("category_id") for e in evs), category_buckets))
+
+
+def encode_event(e: Mapping[str, Any], items: Vocab, categories: Vocab) -> tuple:
+    price = e.get("price")
+    return (ACTION_INDEX[e["action"]], items.index(e.get("item_id")),
+            categories.index(e.get("category_id")), float(e["ts"]),
+            math.nan if price is None else float(price))
+
+
+def events_to_seqdata(events: Iterable[Mapping[str, Any]], items: Vocab, categories: Vocab,
+                      end_ts: float | None = None) -> SeqData:
+    """Time-ordered event dicts -> one row per user (oldest first)."""
+    by_user: dict[str, list[tuple]] = defaultdict(list)
+    where: dict[str, list[int]] = defaultdict(list)
+    for n, e in enumerate(events):
+        by_user[e["user_id"]].append(encode_event(e, items, categories))
+        where[e["user_id"]].append(n)
+    keys = list(by_user)
+    data = from_sequences([by_user[k] for k in keys], has_time=True, end_ts=end_ts, keys=keys)
+    data.origin = np.array([i for k in keys for i in where[k]], np.int64)
+    return data

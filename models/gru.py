@@ -1,0 +1,195 @@
+"""The clickstream GRU: one model, two entry points that agree.
+
+- `step(x, h) -> (outputs, h_new)`: a batch of users, one event each. This is what the stream runs.
+- `forward(seq)`: padded batches of whole sequences (cuDNN on GPU). This is what training runs.
+
+Both go through the same `nn.GRU` and the same heads, so offline numbers are online numbers.
+
+Inputs per event: action, item (vocabulary index; unseen items hash into buckets), category, the
+log-scaled gap since the user's previous event, and price when present. Heads on the GRU output:
+next action type, churn, and next item. The next-item head is a mixture (as in RepeatNet):
+an "explore" softmax over the whole catalogue with tied input/output embeddings, and a "repeat"
+distribution over the items in the user's own recent window (the window the stream keeps
+anyway), weighted by a learned gate. Shoppers return to what they just saw, and a catalogue-only
+softmax ranks those items poorly.
+
+Pure PyTorch: no I/O, no environment, no printing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+N_ACTIONS = 6  # the schema's actions, in stream_app.records.ACTIONS order
+
+
+@dataclass(frozen=True)
+class GRUConfig:
+    n_items: int  # known items; index 0 is "no item", 1..n_items known, then hash buckets
+    n_categories: int
+    item_buckets: int = 1024  # unseen items hash here: never crash, rarely alias
+    category_buckets: int = 64
+    n_actions: int = N_ACTIONS
+    emb_dim: int = 128
+    hidden: int = 128
+    layers: int = 1
+    dropout: float = 0.25  # on input embeddings and on the GRU output
+    window: int = 20  # items of the user's recent history the repeat head can score
+    churn_horizon_s: float = 1800.0
+
+    @property
+    def item_vocab(self) -> int:
+        return 1 + self.n_items + self.item_buckets
+
+    @property
+    def category_vocab(self) -> int:
+        return 1 + self.n_categories + self.category_buckets
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GRUConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Events:
+    """A batch of events. Shapes: (B,) for `step`, (B, T) for `forward`; window adds a last W dim.
+
+    `window` holds the item indices of the user's last W events up to and including this one,
+    oldest first, left-padded with 0.
+    """
+
+    action: Tensor  # long
+    item: Tensor  # long, 0 = none (search)
+    category: Tensor  # long, 0 = none
+    log_gap: Tensor  # float, log1p(seconds since the user's previous event), 0 for the first
+    log_price: Tensor  # float, log1p(price), 0 when absent
+    has_price: Tensor  # float, 0/1
+    window: Tensor  # long (..., W)
+
+    def to(self, device: torch.device | str) -> Events:
+        return Events(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+@dataclass
+class Outputs:
+    action_logits: Tensor  # (..., A)
+    churn_logit: Tensor  # (...)
+    item_query: Tensor  # (..., E): the next-item head's query vector
+    repeat_gate: Tensor  # (...), probability mass given to the window
+
+
+class ClickstreamGRU(nn.Module):
+    def __init__(self, cfg: GRUConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        E, H = cfg.emb_dim, cfg.hidden
+        self.item_emb = nn.Embedding(cfg.item_vocab, E, padding_idx=0)
+        self.action_emb = nn.Embedding(cfg.n_actions, 16)
+        self.category_emb = nn.Embedding(cfg.category_vocab, 16, padding_idx=0)
+        self.input_proj = nn.Linear(E + 16 + 16 + 3, E)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.gru = nn.GRU(E, H, num_layers=cfg.layers, batch_first=True)
+        self.action_head = nn.Linear(H, cfg.n_actions)
+        self.churn_head = nn.Linear(H + 1, 1)
+        self.item_query = nn.Linear(H, E)  # explore: scored against the tied item embeddings
+        self.item_bias = nn.Parameter(torch.zeros(cfg.item_vocab))
+        self.repeat_query = nn.Linear(H, E)
+        self.recency = nn.Parameter(torch.zeros(cfg.window))  # bias by position in the window
+        self.gate = nn.Linear(H, 1)
+        nn.init.normal_(self.item_emb.weight, std=1.0 / math.sqrt(E))
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    # --- state ------------------------------------------------------------------------------
+    def init_state(self, batch: int, device: torch.device | str | None = None) -> Tensor:
+        """(layers, B, H) zeros: the state of a user with no history."""
+        return torch.zeros(self.cfg.layers, batch, self.cfg.hidden, device=device)
+
+    # --- shared pieces ----------------------------------------------------------------------
+    def _embed(self, x: Events) -> Tensor:
+        feats = torch.stack([x.log_gap, x.log_price, x.has_price], dim=-1).float()
+        z = torch.cat([self.item_emb(x.item), self.action_emb(x.action),
+                       self.category_emb(x.category), feats], dim=-1)
+        return self.drop(torch.tanh(self.input_proj(z)))
+
+    def _heads(self, o: Tensor, x: Events) -> Outputs:
+        o = self.drop(o)
+        churn_in = torch.cat([o, x.log_gap.unsqueeze(-1).float()], dim=-1)
+        return Outputs(
+            action_logits=self.action_head(o),
+            churn_logit=self.churn_head(churn_in).squeeze(-1),
+            item_query=self.item_query(o),
+            repeat_gate=torch.sigmoid(self.gate(o).squeeze(-1)),
+        ), self.repeat_query(o)  # type: ignore[return-value]
+
+    # --- entry points -----------------------------------------------------------------------
+    def step(self, x: Events, h: Tensor) -> tuple[Outputs, Tensor, Tensor]:
+        """One event per user. x fields (B,), window (B, W); h (layers, B, H).
+
+        Returns (outputs, repeat_query (B, E), h_new). `h` is not modified.
+        """
+        z = self._embed(x).unsqueeze(1)  # (B, 1, E)
+        o, h_new = self.gru(z, h.contiguous())
+        out, rq = self._heads(o.squeeze(1), x)  # type: ignore[misc]
+        return out, rq, h_new
+
+    def forward(self, x: Events, h0: Tensor | None = None) -> tuple[Outputs, Tensor, Tensor]:
+        """Whole sequences. x fields (B, T), window (B, T, W). Right-padding is harmless: the
+        GRU is causal, so padded steps never influence real ones (mask them in the loss)."""
+        z = self._embed(x)  # (B, T, E)
+        if h0 is None:
+            h0 = self.init_state(z.shape[0], z.device)
+        o, h_n = self.gru(z, h0)
+        out, rq = self._heads(o, x)  # type: ignore[misc]
+        return out, rq, h_n
+
+    # --- next-item distribution -------------------------------------------------------------
+    def _repeat_attention(self, rq: Tensor, window: Tensor) -> Tensor:
+        """Softmax over window positions (..., W); empty slots get 0."""
+        w_emb = self.item_emb(window)  # (..., W, E)
+        scores = (w_emb * rq.unsqueeze(-2)).sum(-1) / math.sqrt(self.cfg.emb_dim) + self.recency
+        scores = scores.masked_fill(window == 0, float("-inf"))
+        att = torch.softmax(scores, dim=-1)
+        return torch.nan_to_num(att, nan=0.0)  # all-empty window -> zeros
+
+    def explore_logits(self, out: Outputs) -> Tensor:
+        """(..., V) scores over every item index, tied to the input embeddings."""
+        return out.item_query @ self.item_emb.weight.t() + self.item_bias
+
+    def item_log_probs(self, out: Outputs, rq: Tensor, window: Tensor) -> Tensor:
+        """Full next-item log-distribution (..., V): gate * repeat + (1 - gate) * explore."""
+        g = out.repeat_gate.unsqueeze(-1)
+        explore = torch.softmax(self.explore_logits(out), dim=-1) * (1 - g)
+        att = self._repeat_attention(rq, window) * g
+        # an empty window puts the gate's mass nowhere: hand it back to explore
+        explore = explore / explore.sum(-1, keepdim=True).clamp_min(1e-12) * (
+            1 - att.sum(-1, keepdim=True))
+        p = explore.scatter_add(-1, window, att)
+        return torch.log(p.clamp_min(1e-30))
+
+    def item_target_log_prob(self, out: Outputs, rq: Tensor, window: Tensor,
+                             target: Tensor) -> Tensor:
+        """log p(target) without materialising the mixture over V (training path). (...)"""
+        logits = self.explore_logits(out)
+        log_explore = torch.log_softmax(logits, dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        att = self._repeat_attention(rq, window)
+        has_window = (att.sum(-1) > 0).float()
+        g = out.repeat_gate * has_window
+        p_rep = (att * (window == target.unsqueeze(-1)).float()).sum(-1)
+        return torch.logaddexp(torch.log1p(-g.clamp(max=1 - 1e-6)) + log_explore,
+                               torch.log(g * p_rep + 1e-30))
+
+
+def sliding_windows(items: Tensor, window: int) -> Tensor:
+    """(B, T) item indices -> (B, T, W): at t, the last W items up to and including t."""
+    padded = F.pad(items, (window - 1, 0))
+    return padded.unfold(1, window, 1)

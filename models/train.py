@@ -1,0 +1,211 @@
+"""fit(...) -> (model, report): multitask training with early stopping, and the two ways to run a
+trained model over data (full-sequence forward, and event-by-event `step`).
+
+Loss = W_ITEM * CE(next item) + W_ACTION * CE(next action) + W_CHURN * BCE(churn), each a mean
+over the positions that have that label (datasets without actions or time simply contribute no
+action/churn terms). Defaults weigh the item head highest because it has by far the most
+classes to learn; the action and churn heads converge within the first epoch either way.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import IGNORE, Batch, SeqData, batches
+from .gru import ClickstreamGRU, Events, GRUConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    batch_tokens: int = 4096
+    patience: int = 2  # epochs without validation improvement before stopping
+    seed: int = 0
+    w_item: float = 1.0
+    w_action: float = 0.5
+    w_churn: float = 0.5
+    max_seconds: float | None = None  # wall-clock budget; stops after the epoch that crosses it
+    grad_clip: float = 5.0
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def set_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+@dataclass
+class LossParts:
+    item: torch.Tensor
+    action: torch.Tensor
+    churn: torch.Tensor
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def batch_losses(model: ClickstreamGRU, b: Batch, mask: torch.Tensor | None = None) -> LossParts:
+    """Mean losses per head over labelled positions (restricted to `mask` when given)."""
+    out, rq, _ = model(b.x)
+    sel = b.valid if mask is None else (b.valid & mask)
+    zero = out.churn_logit.sum() * 0
+    m_item = sel & (b.next_item > 0)
+    m_act = sel & (b.next_action != IGNORE)
+    m_churn = sel & (b.churn >= 0)
+    item = zero
+    if m_item.any():
+        idx = m_item.nonzero(as_tuple=True)
+        sub = type(out)(out.action_logits[idx], out.churn_logit[idx], out.item_query[idx],
+                        out.repeat_gate[idx])
+        item = -model.item_target_log_prob(sub, rq[idx], b.x.window[idx], b.next_item[idx]).mean()
+    action = F.cross_entropy(out.action_logits[m_act], b.next_action[m_act]) if m_act.any() else zero
+    churn = (F.binary_cross_entropy_with_logits(out.churn_logit[m_churn], b.churn[m_churn])
+             if m_churn.any() else zero)
+    return LossParts(item, action, churn, {"item": int(m_item.sum()), "action": int(m_act.sum()),
+                                           "churn": int(m_churn.sum())})
+
+
+def _eval_mask(b: Batch, data: SeqData, from_ts: float | None) -> torch.Tensor | None:
+    if from_ts is None:
+        return None
+    ts = torch.zeros_like(b.valid, dtype=torch.float64)
+    for i, r in enumerate(b.rows):
+        s, e = data.offsets[r], data.offsets[r + 1]
+        ts[i, : e - s] = torch.from_numpy(data.ts[s:e])
+    return (ts >= from_ts).to(b.valid.device)
+
+
+@torch.no_grad()
+def evaluate_loss(model: ClickstreamGRU, data: SeqData, tcfg: TrainConfig, device: torch.device,
+                  from_ts: float | None = None) -> dict[str, float]:
+    """Mean per-head validation losses over positions with ts >= from_ts (all when None)."""
+    model.eval()
+    sums = {"item": 0.0, "action": 0.0, "churn": 0.0}
+    counts = {"item": 0, "action": 0, "churn": 0}
+    for b in batches(data, model.cfg, tcfg.batch_tokens, shuffle=False):
+        mask = _eval_mask(b, data, from_ts)
+        b = b.to(device)
+        parts = batch_losses(model, b, mask)
+        for k in sums:
+            sums[k] += float(getattr(parts, k)) * parts.counts[k]
+            counts[k] += parts.counts[k]
+    means = {k: sums[k] / counts[k] if counts[k] else 0.0 for k in sums}
+    means["total"] = (tcfg.w_item * means["item"] + tcfg.w_action * means["action"]
+                      + tcfg.w_churn * means["churn"])
+    return means
+
+
+def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig,
+        device: str = "auto", valid_from_ts: float | None = None,
+        progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[ClickstreamGRU, dict]:
+    """Train from scratch; early-stop on the validation loss; return the best model and a report.
+
+    `valid` is scored at positions with ts >= valid_from_ts (the time-ordered validation part;
+    the earlier events of the same users only warm the hidden state).
+    """
+    set_seed(tcfg.seed)
+    dev = pick_device(device)
+    model = ClickstreamGRU(cfg).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    rng = np.random.default_rng(tcfg.seed)
+    best, best_state, bad_epochs = math.inf, None, 0
+    history = []
+    t0 = time.monotonic()
+    n_batches = sum(1 for _ in batches(train, cfg, tcfg.batch_tokens, shuffle=False))
+    for epoch in range(1, tcfg.epochs + 1):
+        model.train()
+        running, seen = 0.0, 0
+        for i, b in enumerate(batches(train, cfg, tcfg.batch_tokens, shuffle=True, rng=rng)):
+            b = b.to(dev)
+            p = batch_losses(model, b)
+            loss = tcfg.w_item * p.item + tcfg.w_action * p.action + tcfg.w_churn * p.churn
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            opt.step()
+            running += loss.item()
+            seen += 1
+            if progress and (i % 20 == 0 or i == n_batches - 1):
+                progress({"epoch": epoch, "batch": i + 1, "batches": n_batches,
+                          "loss": running / seen, "elapsed_s": time.monotonic() - t0})
+        val = evaluate_loss(model, valid, tcfg, dev, valid_from_ts) if valid is not None else {}
+        score = val.get("total", running / max(seen, 1))
+        history.append({"epoch": epoch, "train_loss": running / max(seen, 1), "valid": val,
+                        "elapsed_s": time.monotonic() - t0})
+        if progress:
+            progress({"epoch": epoch, "done": True, **history[-1]})
+        if score < best - 1e-4:
+            best, best_state, bad_epochs = score, copy.deepcopy(model.state_dict()), 0
+        else:
+            bad_epochs += 1
+        if bad_epochs >= tcfg.patience:
+            break
+        if tcfg.max_seconds and time.monotonic() - t0 > tcfg.max_seconds:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    report = {"train_config": asdict(tcfg), "device": str(dev), "epochs_run": len(history),
+              "best_valid_loss": best, "history": history,
+              "train_seconds": time.monotonic() - t0}
+    return model, report
+
+
+# --- running a trained model ----------------------------------------------------------------
+
+def events_at(data: SeqData, rows: np.ndarray, pos: np.ndarray, window: torch.Tensor,
+              prev_ts: np.ndarray) -> Events:
+    """Step inputs for event `pos[i]` of row `rows[i]` (B,), given the current windows (B, W)."""
+    at = data.offsets[rows] + pos
+    price = data.price[at]
+    gap = np.where((pos > 0) & data.has_time, np.maximum(data.ts[at] - prev_ts, 0.0), 0.0)
+    return Events(
+        action=torch.from_numpy(data.action[at]), item=torch.from_numpy(data.item[at]),
+        category=torch.from_numpy(data.category[at]),
+        log_gap=torch.from_numpy(np.log1p(gap).astype(np.float32)),
+        log_price=torch.from_numpy(np.nan_to_num(np.log1p(price), nan=0.0).astype(np.float32)),
+        has_price=torch.from_numpy((~np.isnan(price)).astype(np.float32)),
+        window=window,
+    )
+
+
+@torch.no_grad()
+def run_incremental(model: ClickstreamGRU, data: SeqData, rows: np.ndarray,
+                    collect: Callable[[np.ndarray, np.ndarray, Any, torch.Tensor, torch.Tensor], None],
+                    device: torch.device | str = "cpu") -> None:
+    """Feed rows event by event through `model.step` (state carried between steps, exactly as
+    the stream does). After each step, `collect(rows, positions, outputs, repeat_query, window)`
+    is called for the rows that had an event at that step."""
+    model.eval()
+    W = model.cfg.window
+    lens = data.lengths()[rows]
+    B = len(rows)
+    h = model.init_state(B, device)
+    window = torch.zeros(B, W, dtype=torch.long, device=device)
+    prev_ts = np.zeros(B)
+    for t in range(int(lens.max()) if B else 0):
+        active = np.nonzero(lens > t)[0]
+        r = rows[active]
+        at = data.offsets[r] + t
+        act_t = torch.from_numpy(active).to(device)
+        win = torch.cat([window[act_t, 1:], torch.from_numpy(data.item[at]).to(device)[:, None]], 1)
+        x = events_at(data, r, np.full(len(r), t), win.cpu(), prev_ts[active]).to(device)
+        out, rq, h_new = model.step(x, h[:, act_t])
+        h[:, act_t] = h_new
+        window[act_t] = win
+        prev_ts[active] = data.ts[at]
+        collect(r, np.full(len(r), t), out, rq, win)

@@ -1,0 +1,119 @@
+"""The model in service: weights, vocabularies and version, on a device; loads and swaps them.
+
+Also owns the translation from state to tensors (a user's window -> model inputs), because the
+vocabularies that translation needs belong to the model version.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.checkpoint import current_version, load_version
+from models.gru import ClickstreamGRU, Events, sliding_windows
+from models.train import pick_device
+
+from .hidden_cache import HiddenCache
+from .state import WindowEvent
+
+log = logging.getLogger(__name__)
+
+
+class Predictor:
+    def __init__(self, registry: Path, device: str = "auto", top_k: int = 10,
+                 cache_users: int = 100_000) -> None:
+        self.registry = Path(registry)
+        self.device = pick_device(device)
+        self.top_k = top_k
+        self.cache_users = cache_users
+        self._load(None)
+
+    def _load(self, version: str | None) -> None:
+        lm = load_version(self.registry, version, device=str(self.device))
+        self.model: ClickstreamGRU = lm.model
+        self.version = lm.version
+        self.items, self.categories = lm.items, lm.categories
+        self.manifest = lm.manifest
+        cfg = self.model.cfg
+        self.not_items = torch.ones(cfg.item_vocab, dtype=torch.bool, device=self.device)
+        self.not_items[1:1 + len(self.items)] = False  # recommend real catalogue items only
+        self.k = min(self.top_k, len(self.items))
+        self.cache = HiddenCache(self.cache_users, cfg.layers, cfg.hidden, self.device)
+        self._item_idx: dict[str | None, int] = {None: 0}
+        self._cat_idx: dict[str | None, int] = {None: 0}
+        log.info("model %s loaded on %s", self.version, self.device)
+
+    def maybe_reload(self) -> bool:
+        """Swap to the registry's current version if it changed. Hidden states made by the old
+        version are rebuilt from each user's window on their next event."""
+        v = current_version(self.registry)
+        if v is None or v == self.version:
+            return False
+        old = self.version
+        self._load(v)
+        log.info("model swapped %s -> %s", old, v)
+        return True
+
+    # --- state -> tensors ---------------------------------------------------------------------
+    def item_index(self, item_id: str | None) -> int:
+        i = self._item_idx.get(item_id)
+        if i is None:
+            i = self._item_idx[item_id] = self.items.index(item_id)
+        return i
+
+    def category_index(self, cat: str | None) -> int:
+        i = self._cat_idx.get(cat)
+        if i is None:
+            i = self._cat_idx[cat] = self.categories.index(cat)
+        return i
+
+    def step_inputs(self, windows: Sequence[Sequence[WindowEvent]], gaps: Sequence[float]) -> Events:
+        """(B,) inputs for each window's newest event; the item window is its last W events."""
+        W = self.model.cfg.window
+        cur = [w[-1] for w in windows]
+        win = np.zeros((len(windows), W), np.int64)
+        for b, w in enumerate(windows):
+            tail = w[-W:]
+            win[b, W - len(tail):] = [self.item_index(e.item_id) for e in tail]
+        price = np.array([e.price for e in cur], np.float32)
+        return Events(
+            action=torch.tensor([e.action for e in cur]),
+            item=torch.from_numpy(win[:, -1].copy()),
+            category=torch.tensor([self.category_index(e.category_id) for e in cur]),
+            log_gap=torch.tensor([math.log1p(max(g, 0.0)) for g in gaps], dtype=torch.float32),
+            log_price=torch.from_numpy(np.nan_to_num(np.log1p(price), nan=0.0)),
+            has_price=torch.from_numpy((~np.isnan(price)).astype(np.float32)),
+            window=torch.from_numpy(win),
+        ).to(self.device)
+
+    @torch.no_grad()
+    def rebuild(self, windows: Sequence[Sequence[WindowEvent]]) -> torch.Tensor:
+        """Hidden states (layers, B, H) from scratch over each window (a version swap)."""
+        h = self.model.init_state(len(windows), self.device)
+        by_len: dict[int, list[int]] = {}  # no padding: each length runs as its own batch
+        for b, w in enumerate(windows):
+            by_len.setdefault(len(w), []).append(b)
+        for n, rows in by_len.items():
+            _, _, h_n = self.model(self._sequence_inputs([windows[r] for r in rows], n))
+            h[:, rows] = h_n
+        return h
+
+    def _sequence_inputs(self, windows: Sequence[Sequence[WindowEvent]], n: int) -> Events:
+        item = torch.tensor([[self.item_index(e.item_id) for e in w] for w in windows])
+        ts = np.array([[e.ts for e in w] for w in windows])
+        gap = np.zeros_like(ts)
+        gap[:, 1:] = np.maximum(np.diff(ts, axis=1), 0)
+        price = np.array([[e.price for e in w] for w in windows], np.float32)
+        return Events(
+            action=torch.tensor([[e.action for e in w] for w in windows]), item=item,
+            category=torch.tensor([[self.category_index(e.category_id) for e in w] for w in windows]),
+            log_gap=torch.from_numpy(np.log1p(gap).astype(np.float32)),
+            log_price=torch.from_numpy(np.nan_to_num(np.log1p(price), nan=0.0)),
+            has_price=torch.from_numpy((~np.isnan(price)).astype(np.float32)),
+            window=sliding_windows(item, self.model.cfg.window),
+        ).to(self.device)

@@ -1,0 +1,156 @@
+"""The model's contracts: step == forward, purity, the mixture head, labels, checkpoints."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import CheckpointError, current_version, load_version, save_version
+from models.data import Vocab, batches, from_sequences, make_batch
+from models.gru import ClickstreamGRU, GRUConfig
+from models.metrics import expected_calibration_error, macro_f1, pr_auc, recall_mrr_at_k, roc_auc
+from models.train import run_incremental
+
+CFG = GRUConfig(n_items=50, n_categories=5, item_buckets=8, category_buckets=4, emb_dim=16,
+                hidden=24, layers=2, window=6, churn_horizon_s=100.0)
+
+
+def random_data(seed=0, n=12, max_len=15):
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for _ in range(n):
+        ts = 1.7e9 + np.cumsum(rng.exponential(60, rng.integers(1, max_len + 1)))
+        seqs.append([(int(rng.integers(6)), int(rng.integers(0, CFG.item_vocab)),
+                      int(rng.integers(0, CFG.category_vocab)), float(t),
+                      float(rng.uniform(1, 99)) if rng.random() < .5 else math.nan) for t in ts])
+    return from_sequences(seqs, has_time=True)
+
+
+def _devices():
+    yield "cpu"
+    if torch.cuda.is_available():
+        yield "cuda"
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_step_by_step_equals_full_forward(device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine; the CPU variant ran")
+    torch.manual_seed(0)
+    model = ClickstreamGRU(CFG).to(device).eval()
+    data = random_data()
+    b = make_batch(data, list(range(len(data))), CFG).to(device)
+    with torch.no_grad():
+        out, rq, _ = model(b.x)
+        full_items = model.item_log_probs(out, rq, b.x.window)
+    got = {}
+
+    def collect(rows, pos, o, q, win):
+        lp = model.item_log_probs(o, q, win)
+        for i, (r, t) in enumerate(zip(rows, pos, strict=True)):
+            got[(int(r), int(t))] = (o.action_logits[i], o.churn_logit[i], lp[i])
+
+    run_incremental(model, data, np.arange(len(data)), collect, device)
+    assert len(got) == int(b.valid.sum())
+    for (r, t), (a, c, lp) in got.items():
+        torch.testing.assert_close(a, out.action_logits[r, t], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(c, out.churn_logit[r, t], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lp, full_items[r, t], atol=1e-5, rtol=1e-5)
+
+
+def test_step_returns_new_state_and_never_mutates_input():
+    model = ClickstreamGRU(CFG).eval()
+    data = random_data(n=3)
+    b = make_batch(data, [0, 1, 2], CFG)
+    h = torch.randn(CFG.layers, 3, CFG.hidden)
+    h_before = h.clone()
+    x = type(b.x)(**{k: v[:, 0] for k, v in vars(b.x).items()})
+    _, _, h_new = model.step(x, h)
+    assert torch.equal(h, h_before) and not torch.equal(h_new, h)
+
+
+def test_training_loss_path_equals_full_distribution():
+    torch.manual_seed(1)
+    model = ClickstreamGRU(CFG).eval()
+    b = make_batch(random_data(3), list(range(12)), CFG)
+    with torch.no_grad():
+        out, rq, _ = model(b.x)
+        full = model.item_log_probs(out, rq, b.x.window)
+        target = torch.randint(1, CFG.item_vocab, b.x.item.shape)
+        fast = model.item_target_log_prob(out, rq, b.x.window, target)
+    torch.testing.assert_close(fast, full.gather(-1, target.unsqueeze(-1)).squeeze(-1),
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(full.exp().sum(-1), torch.ones_like(fast), atol=1e-4, rtol=1e-4)
+
+
+def test_models_package_is_pure():
+    code = ("import models.gru, models.data, models.train, models.metrics, models.checkpoint, "
+            "models.datasets, sys; bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('faust', 'aiokafka', 'kafka', 'prometheus_client', 'stream_app', 'mode')]; "
+            "print(bad); assert not bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_vocab_hashes_unseen_items_into_stable_buckets():
+    v = Vocab.build(["a", "b", "a", None], buckets=16)
+    assert v.index("a") == 1 and v.index("b") == 2 and v.index(None) == 0
+    new = [v.index(f"new-{i}") for i in range(200)]
+    assert all(3 <= i < 3 + 16 for i in new)
+    assert len(set(new)) == 16  # spread over every bucket, not aliased to one id
+    assert Vocab(v.ids, 16).index("new-7") == v.index("new-7")  # stable across processes
+
+
+def test_labels_next_event_and_censored_churn():
+    H = CFG.churn_horizon_s
+    t0 = 1.7e9
+    seq = [(0, 1, 0, t0, math.nan), (2, 1, 0, t0 + 10, 5.0), (5, 1, 0, t0 + 10 + H + 1, 5.0)]
+    data = from_sequences([seq, [(0, 3, 0, t0 + 5000, math.nan)]], has_time=True, end_ts=t0 + 5050)
+    b = make_batch(data, [0, 1], CFG)
+    assert b.next_action[0, :3].tolist() == [2, 5, -100]
+    assert b.next_item[0, :3].tolist() == [1, 1, 0]
+    # 10 s gap -> stays; gap > H -> churned; last event observed > H before the end -> churned
+    assert b.churn[0, :3].tolist() == [0.0, 1.0, 1.0]
+    assert b.churn[1, 0].item() == -1.0  # only 50 s of observation left: censored
+    assert b.x.log_gap[0, 1].item() == pytest.approx(math.log1p(10))
+
+
+def test_batches_cover_every_row_once():
+    data = random_data(n=40)
+    seen = np.concatenate([b.rows for b in batches(data, CFG, max_tokens=64, shuffle=True)])
+    assert sorted(seen.tolist()) == list(range(40))
+
+
+def test_checkpoint_roundtrip_and_checksum(tmp_path):
+    model = ClickstreamGRU(CFG).eval()
+    items, cats = Vocab(tuple(f"i{i}" for i in range(50)), 8), Vocab(tuple("abcde"), 4)
+    v = save_version(tmp_path, model, items, cats, {"source": "test"}, {"m": 1})
+    assert current_version(tmp_path) == v
+    loaded = load_version(tmp_path)
+    for k, t in model.state_dict().items():
+        assert torch.equal(t, loaded.model.state_dict()[k])
+    assert loaded.items.index("i3") == items.index("i3") and loaded.manifest["metrics"] == {"m": 1}
+    v2 = save_version(tmp_path, model, items, cats, {}, {})
+    assert current_version(tmp_path) == v  # later versions do not replace the current one
+    w = tmp_path / "versions" / v2 / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[:-4] + b"XXXX")
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_version(tmp_path, v2)
+    with pytest.raises(CheckpointError, match="stream-app train"):
+        load_version(tmp_path / "empty")
+
+
+def test_metrics_against_hand_computed_values():
+    assert recall_mrr_at_k(np.array([1, 2, 30, 4]), k=20) == pytest.approx((0.75, (1 + .5 + .25) / 4))
+    assert roc_auc(np.array([.1, .4, .35, .8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
+    assert roc_auc(np.array([.5, .5]), np.array([0, 1])) == pytest.approx(0.5)
+    assert pr_auc(np.array([.9, .8, .7]), np.array([1, 0, 1])) == pytest.approx((1 + 2 / 3) / 2)
+    assert expected_calibration_error(np.array([.2, .2, .8, .8]), np.array([0, 1, 1, 1])) == \
+        pytest.approx(0.5 * .3 + 0.5 * .2)
+    probs = np.eye(3)[[0, 1, 1, 2]]
+    assert macro_f1(probs, np.array([0, 1, 2, 2])) == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)

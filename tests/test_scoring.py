@@ -1,0 +1,103 @@
+"""Scoring without Kafka: waves, equality with the offline forward pass, swaps, the cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+
+from models.checkpoint import set_current
+from stream_app.agents import default_partition
+from stream_app.predictor import Predictor
+from stream_app.records import Event
+from stream_app.scoring import score_batch, waves
+from stream_app.sources import simulated_events
+from stream_app.state import StateLimits
+
+from .modelkit import make_registry, offline_predictions
+
+LIM = StateLimits(window_events=20, window_seconds=1e9)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    path = tmp_path_factory.mktemp("registry")
+    make_registry(path)
+    return path
+
+
+def as_event(d):
+    return Event(d["event_id"], d["user_id"], d["ts"], d["action"], d.get("item_id"),
+                 d.get("category_id"), d.get("price"), d.get("session_id"), d.get("query"))
+
+
+def stream(predictor, events, batch=64, states=None):
+    states = {} if states is None else states
+    preds = {}
+    for s in range(0, len(events), batch):
+        chunk = [as_event(d) for d in events[s:s + batch]]
+        res = score_batch(predictor, chunk, {e.user_id: states.get(e.user_id) for e in chunk}, LIM)
+        states.update(res.states)
+        for p in res.predictions:
+            preds[p.event.event_id] = p
+    return preds, states
+
+
+def test_waves_keep_each_users_order():
+    evs = [Event(str(i), u, 1e9 + i, "view", "x") for i, u in enumerate("abacbaa")]
+    assert waves(evs) == [[0, 1, 3], [2, 4], [5], [6]]
+
+
+def test_incremental_stream_equals_offline_forward(registry):
+    events, _ = simulated_events(60, 1500, seed=9)
+    ref = offline_predictions(registry, events)
+    preds, states = stream(Predictor(registry, device="cpu"), events)
+    assert len(preds) == len(events)
+    for eid, (probs, churn, top) in ref.items():
+        p = preds[eid]
+        np.testing.assert_allclose(p.action_probs, probs, atol=1e-5)
+        assert p.churn_probability == pytest.approx(churn, abs=1e-5)
+        np.testing.assert_allclose([s for _, s in p.top_items], top, atol=1e-5)  # ties may reorder
+    assert sum(s.n_events for s in states.values()) == len(events)
+
+
+def test_cache_and_table_bytes_give_the_same_answer(registry):
+    events, _ = simulated_events(40, 800, seed=4)
+    cached, _ = stream(Predictor(registry, device="cpu"), events)
+    no_cache, _ = stream(Predictor(registry, device="cpu", cache_users=0), events)
+    tiny, _ = stream(Predictor(registry, device="cpu", cache_users=5), events)
+    for eid, p in cached.items():
+        np.testing.assert_allclose(no_cache[eid].action_probs, p.action_probs, atol=1e-6)
+        np.testing.assert_allclose(tiny[eid].action_probs, p.action_probs, atol=1e-6)
+
+
+def test_replayed_events_are_predicted_but_not_applied_twice(registry):
+    events, _ = simulated_events(20, 300, seed=5)
+    p = Predictor(registry, device="cpu")
+    _, states = stream(p, events)
+    again, states2 = stream(p, events[-50:], states=dict(states))
+    assert all(x.replayed for x in again.values())
+    assert {u: s.n_events for u, s in states2.items()} == {u: s.n_events for u, s in states.items()}
+
+
+def test_weight_swap_rebuilds_hidden_state_from_the_window(registry, tmp_path):
+    events, _ = simulated_events(30, 600, seed=6)
+    p = Predictor(registry, device="cpu")
+    _, states = stream(p, events[:300])
+    old = p.version
+    new = make_registry(registry, seed=8)  # a second version in the same registry
+    set_current(registry, new)
+    assert p.maybe_reload() and p.version == new != old
+    res = score_batch(p, [as_event(events[300])], {events[300]["user_id"]: states.get(events[300]["user_id"])}, LIM)
+    st = res.states[events[300]["user_id"]]
+    assert st.model_version == new
+    had_history = events[300]["user_id"] in states
+    assert res.stats["rebuilt"] == int(had_history)
+    set_current(registry, old)
+
+
+def test_partition_check_matches_the_kafka_clients():
+    part = DefaultPartitioner()
+    for i in range(200):
+        key = f"user-{i}".encode()
+        assert default_partition(key, 8) == part(key, list(range(8)), list(range(8)))
