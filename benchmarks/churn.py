@@ -86,14 +86,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=8)
     args = ap.parse_args(argv)
     t0 = time.time()
+    env = environment(str(pick_device(args.device)))
     hidden = 64
     if args.quick:
         args.users, args.events, args.epochs, hidden = 300, 20_000, 1, 16
     cfg = GRUConfig(n_items=0, n_categories=0, emb_dim=hidden, hidden=hidden,
-                    churn_horizon_s=1800.0, item_buckets=256, category_buckets=16)
+                    churn_horizon_s=1800.0, item_buckets=256, category_buckets=16, repeat_flag=True)
     tcfg = TrainConfig(epochs=args.epochs, w_item=0.3, w_action=0.3, w_churn=1.0,
-                       batch_tokens=4096, patience=2)
-    out = {"benchmark": "churn", "environment": environment(str(pick_device(args.device))),
+                       batch_tokens=4096, patience=3, select_on="churn")
+    out = {"benchmark": "churn", "environment": env,
            "quick": args.quick, "model_config": cfg.to_dict(),
            "simulated": simulated(args, tcfg, cfg),
            "diginetica_purchases": purchases(args, tcfg, cfg)}

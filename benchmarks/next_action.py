@@ -2,7 +2,11 @@
 against the class base rate and a Markov chain over (action, time-gap bucket), all scored on the
 same held-out positions (events at or after the 85% time quantile that have a next event).
 
-    python -m benchmarks.next_action --data ../shared/data/taobao_slice --json benchmarks/results/next_action.json
+    python -m benchmarks.next_action --json benchmarks/results/next_action.json
+
+Macro-F1 needs a decision rule. Plain argmax answers "view" for nearly every event of a log
+that is 90% views, so it is reported, but the goal is judged on the prior-corrected argmax
+(argmax p(c)/prior(c), prior = training class rates), applied identically to every method.
 """
 
 from __future__ import annotations
@@ -34,14 +38,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hidden", type=int, default=64)
     args = ap.parse_args(argv)
     t0 = time.time()
+    env = environment(str(pick_device(args.device)))
     events = read_taobao(args.data / "UserBehavior.csv")
     if args.quick:
         events, args.epochs, args.hidden = events[:30000], 1, 32
     cfg = GRUConfig(n_items=0, n_categories=0, emb_dim=args.hidden, hidden=args.hidden,
-                    churn_horizon_s=1800.0, item_buckets=256, category_buckets=64)
-    # the item head shares the GRU but the goal here is the action head: weight it up
-    tcfg = TrainConfig(epochs=args.epochs, w_item=0.3, w_action=1.0, w_churn=0.2, batch_tokens=2048,
-                       patience=2)
+                    churn_horizon_s=1800.0, item_buckets=256, category_buckets=64, repeat_flag=True)
+    # the item head shares the GRU but the goal here is the action head: weight it up, and
+    # early-stop on the action loss
+    tcfg = TrainConfig(epochs=args.epochs, w_item=0.2, w_action=1.0, w_churn=0.2, batch_tokens=2048,
+                       patience=3, select_on="action")
     tr = train_on_events(events, cfg, tcfg, device=args.device, min_item_count=2,
                          progress=stderr_progress)
     data, split = tr.data, tr.split
@@ -51,23 +57,26 @@ def main(argv: list[str] | None = None) -> None:
     test_at = tr.test.action_at  # exactly the GRU's scored positions
     y = f["next_action"][test_at]
     assert np.array_equal(y, tr.test.action_labels)
-    base = np.bincount(f["next_action"][train_pos], minlength=len(ACTIONS)) + 1.0
-    base = base / base.sum()
+    counts = np.bincount(f["next_action"][train_pos], minlength=len(ACTIONS)).astype(float)
+    prior = counts / counts.sum()  # training class rates (0 for classes never seen)
+    base = (counts + 1.0) / (counts + 1.0).sum()  # the base-rate model, add-one smoothed
     markov = action_markov(f["action"][train_pos], f["bucket"][train_pos],
                            f["next_action"][train_pos])
-    results = {
-        "base_rate": multiclass_report(np.tile(base, (len(y), 1)), y),
-        "markov_action_gap": multiclass_report(markov[f["action"][test_at], f["bucket"][test_at]], y),
-        "clickstream-gru": multiclass_report(tr.test.action_probs, y),
+    results = {  # macro-F1 is judged with the prior-corrected decision, the same for all
+        "base_rate": multiclass_report(np.tile(base, (len(y), 1)), y, prior=prior),
+        "markov_action_gap": multiclass_report(markov[f["action"][test_at], f["bucket"][test_at]], y,
+                                               prior=prior),
+        "clickstream-gru": multiclass_report(tr.test.action_probs, y, prior=prior),
     }
     g, b, m = results["clickstream-gru"], results["base_rate"], results["markov_action_gap"]
     margins = {f"vs_{name}": {"log_loss": other["log_loss"] - g["log_loss"],
-                              "macro_f1": g["macro_f1"] - other["macro_f1"]}
+                              "macro_f1": g["macro_f1_prior_corrected"] - other["macro_f1_prior_corrected"],
+                              "macro_f1_argmax": g["macro_f1"] - other["macro_f1"]}
                for name, other in (("base_rate", b), ("markov_action_gap", m))}
     beats = all(v["log_loss"] > 0 and v["macro_f1"] > 0 for v in margins.values())
     write_json(args.json, {
         "benchmark": "next_action", "dataset": "Taobao UserBehavior slice (Alibaba Tianchi)",
-        "environment": environment(str(pick_device(args.device))), "quick": args.quick,
+        "environment": env, "quick": args.quick,
         "split": split, "test_positions": int(len(y)),
         "label_distribution": {a: float(np.mean(y == i)) for i, a in enumerate(ACTIONS)},
         "model_config": tr.model.cfg.to_dict(), "training": tr.report, "results": results,
@@ -76,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": time.time() - t0,
     })
     print({k: {m: round(v, 4) for m, v in r.items()} for k, r in results.items()})
+    print("goal met:", beats)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     t_start = time.time()
     device = pick_device(args.device)
+    env = environment(str(device))
     train, test = read_diginetica(args.data)
     if args.quick:
         train, test = train[:15000], test[:3000]
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     repeat_share = float(np.mean([t in pr for pr, t in test]))
     write_json(args.json, {
         "benchmark": "next_item", "dataset": "Diginetica (CIKM Cup 2016), SR-GNN split",
-        "environment": environment(str(device)), "quick": args.quick,
+        "environment": env, "quick": args.quick,
         "protocol": "rank all items; P@20 = Recall@20 and MRR@20 in %",
         "evaluated_incrementally": True, "test_rows": len(test), "train_sessions": len(train),
         "test_target_in_prefix_share": round(repeat_share, 4),

@@ -41,6 +41,7 @@ class GRUConfig:
     dropout: float = 0.25  # on input embeddings and on the GRU output
     window: int = 20  # items of the user's recent history the repeat head can score
     churn_horizon_s: float = 1800.0
+    repeat_flag: bool = False  # input flag: is this event's item already in the window?
 
     @property
     def item_vocab(self) -> int:
@@ -95,7 +96,7 @@ class ClickstreamGRU(nn.Module):
         self.item_emb = nn.Embedding(cfg.item_vocab, E, padding_idx=0)
         self.action_emb = nn.Embedding(cfg.n_actions, 16)
         self.category_emb = nn.Embedding(cfg.category_vocab, 16, padding_idx=0)
-        self.input_proj = nn.Linear(E + 16 + 16 + 3, E)
+        self.input_proj = nn.Linear(E + 16 + 16 + 3 + int(cfg.repeat_flag), E)
         self.drop = nn.Dropout(cfg.dropout)
         self.gru = nn.GRU(E, H, num_layers=cfg.layers, batch_first=True)
         self.action_head = nn.Linear(H, cfg.n_actions)
@@ -116,7 +117,11 @@ class ClickstreamGRU(nn.Module):
 
     # --- shared pieces ----------------------------------------------------------------------
     def _embed(self, x: Events) -> Tensor:
-        feats = torch.stack([x.log_gap, x.log_price, x.has_price], dim=-1).float()
+        cols = [x.log_gap, x.log_price, x.has_price]
+        if self.cfg.repeat_flag:  # shoppers act on what they already looked at
+            item = x.item.unsqueeze(-1)
+            cols.append(((x.window[..., :-1] == item) & (item != 0)).any(-1).float())
+        feats = torch.stack(cols, dim=-1).float()
         z = torch.cat([self.item_emb(x.item), self.action_emb(x.action),
                        self.category_emb(x.category), feats], dim=-1)
         return self.drop(torch.tanh(self.input_proj(z)))

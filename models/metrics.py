@@ -27,9 +27,16 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float((np.asarray(probs).argmax(1) == np.asarray(labels)).mean())
 
 
-def macro_f1(probs: np.ndarray, labels: np.ndarray, n_classes: int | None = None) -> float:
-    """Mean F1 over the classes present in labels or predictions."""
-    pred = np.asarray(probs).argmax(1)
+def macro_f1(probs: np.ndarray, labels: np.ndarray, n_classes: int | None = None,
+             prior: np.ndarray | None = None) -> float:
+    """Mean F1 over the classes present in labels or predictions. Decision: argmax p(c), or with
+    `prior` the prior-corrected argmax p(c)/prior(c) (a rule that does not always answer the
+    majority class)."""
+    p = np.asarray(probs, dtype=np.float64)
+    if prior is not None:  # classes never seen in training (prior 0) are never chosen
+        prior = np.asarray(prior, dtype=np.float64)
+        p = np.where(prior > 0, p / np.where(prior > 0, prior, 1.0), -np.inf)
+    pred = p.argmax(1)
     labels = np.asarray(labels)
     classes = np.union1d(np.unique(labels), np.unique(pred)) if n_classes is None else np.arange(n_classes)
     f1s = []
@@ -97,6 +104,10 @@ def binary_report(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
             "positive_rate": float(np.mean(labels)), "n": int(len(labels))}
 
 
-def multiclass_report(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    return {"accuracy": accuracy(probs, labels), "macro_f1": macro_f1(probs, labels),
-            "log_loss": log_loss(probs, labels), "n": int(len(labels))}
+def multiclass_report(probs: np.ndarray, labels: np.ndarray,
+                      prior: np.ndarray | None = None) -> dict[str, float]:
+    out = {"accuracy": accuracy(probs, labels), "macro_f1": macro_f1(probs, labels),
+           "log_loss": log_loss(probs, labels), "n": int(len(labels))}
+    if prior is not None:
+        out["macro_f1_prior_corrected"] = macro_f1(probs, labels, prior=prior)
+    return out

@@ -37,6 +37,7 @@ class TrainConfig:
     w_churn: float = 0.5
     max_seconds: float | None = None  # wall-clock budget; stops after the epoch that crosses it
     grad_clip: float = 5.0
+    select_on: str = "total"  # validation loss that early stopping watches: total|item|action|churn
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -143,7 +144,7 @@ def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig
                 progress({"epoch": epoch, "batch": i + 1, "batches": n_batches,
                           "loss": running / seen, "elapsed_s": time.monotonic() - t0})
         val = evaluate_loss(model, valid, tcfg, dev, valid_from_ts) if valid is not None else {}
-        score = val.get("total", running / max(seen, 1))
+        score = val.get(tcfg.select_on, running / max(seen, 1))
         history.append({"epoch": epoch, "train_loss": running / max(seen, 1), "valid": val,
                         "elapsed_s": time.monotonic() - t0})
         if progress:

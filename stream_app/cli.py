@@ -139,8 +139,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     quick = args.quick
     cfg = GRUConfig(n_items=0, n_categories=0, emb_dim=32 if quick else args.hidden,
-                    hidden=32 if quick else args.hidden, churn_horizon_s=args.horizon)
-    tcfg = TrainConfig(epochs=1 if quick else args.epochs, max_seconds=args.max_seconds)
+                    hidden=32 if quick else args.hidden, churn_horizon_s=args.horizon,
+                    repeat_flag=True)
+    tcfg = TrainConfig(epochs=3 if quick else args.epochs, max_seconds=args.max_seconds,
+                       batch_tokens=1024 if quick else 4096)
     data_desc: dict = {"source": args.source}
     if args.source == "diginetica":
         from models.data import Vocab
@@ -185,7 +187,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(rate=args.rate, users=args.users)
+    return run_demo(rate=args.rate, users=args.users, model_dir=Path(args.model_dir))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="broker + worker + simulator, predictions printed live")
     dm.add_argument("--rate", type=float, default=20.0, help="simulated events per second")
     dm.add_argument("--users", type=int, default=50)
+    dm.add_argument("--model-dir", default="var/models",
+                    help="model registry; a quick model is trained there if it is empty")
     dm.set_defaults(func=cmd_demo)
     return p
 

@@ -46,11 +46,21 @@ def _format(topic: str, settings: Settings, value: bytes, headers: Any) -> str:
     return (f"EVENT        user={d['user_id']:<6} {d['action']:<16} item={d.get('item_id', '-')}")
 
 
-def run_demo(rate: float = 20.0, users: int = 50, show: tuple[str, ...] | None = None) -> int:
+def run_demo(rate: float = 20.0, users: int = 50, show: tuple[str, ...] | None = None,
+             model_dir: Path | None = None) -> int:
     from kafka import KafkaConsumer
+
+    from models.checkpoint import current_version
 
     work = Path(tempfile.mkdtemp(prefix="clickstream-demo-"))
     kafka_dir = work / "kafka"
+    model_dir = model_dir or Path("var/models")
+    if current_version(model_dir) is None:
+        print(f"no model in {model_dir}: training a quick one on simulated traffic (about a minute)...")
+        rc = subprocess.call([sys.executable, "-m", "stream_app.cli", "train", "--source", "simulate",
+                              "--quick", "--out", str(model_dir)])
+        if rc != 0:
+            return rc
     print(f"starting Kafka {broker.KAFKA_VERSION} (first run resolves the jars with Maven)...")
     info = broker.up(kafka_dir, port=broker.free_port())
     settings = Settings.from_env().with_(bootstrap=info.bootstrap)
@@ -58,15 +68,15 @@ def run_demo(rate: float = 20.0, users: int = 50, show: tuple[str, ...] | None =
     web_port = broker.free_port()
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=info.bootstrap, PYTHONUNBUFFERED="1")
     children = [
-        _spawn(["worker", "--data-dir", str(work / "worker"), "--web-port", str(web_port)], env,
-               work / "worker.log"),
+        _spawn(["worker", "--data-dir", str(work / "worker"), "--web-port", str(web_port),
+                "--model-dir", str(model_dir)], env, work / "worker.log"),
         _spawn(["simulate", "--users", str(users), "--events", "100000000", "--rate", str(rate),
                 "--invalid-rate", "0.02"], env, work / "simulator.log"),
     ]
     print(f"broker {info.bootstrap}; worker metrics http://127.0.0.1:{web_port}/metrics; "
           f"logs in {work}\nCtrl-C stops everything.\n")
     t = settings.topics
-    topics = list(show or (t.valid_events, t.dead_letters))
+    topics = list(show or (t.next_action, t.churn, t.dead_letters))
     consumer = KafkaConsumer(*topics, bootstrap_servers=info.bootstrap, auto_offset_reset="latest",
                              group_id=None, consumer_timeout_ms=500)
     stop = False

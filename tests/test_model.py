@@ -17,7 +17,7 @@ from models.metrics import expected_calibration_error, macro_f1, pr_auc, recall_
 from models.train import run_incremental
 
 CFG = GRUConfig(n_items=50, n_categories=5, item_buckets=8, category_buckets=4, emb_dim=16,
-                hidden=24, layers=2, window=6, churn_horizon_s=100.0)
+                hidden=24, layers=2, window=6, churn_horizon_s=100.0, repeat_flag=True)
 
 
 def random_data(seed=0, n=12, max_len=15):
