@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> None:
         "model_config": cfg.to_dict() | {"n_items": len(items)}, "training": report,
         "results": results, "published": {k: {"P@20": a, "MRR@20": b} for k, (a, b) in PUBLISHED.items()},
         "goal": {"P@20": 54.5, "MRR@20": 19.5,
-                 "met": results["clickstream-gru"]["P@20"] >= 54.5 and results["clickstream-gru"]["MRR@20"] >= 19.5},
+                 "met": results["clickstream-gru"]["P@20"] >= 54.5
+                 and results["clickstream-gru"]["MRR@20"] >= 19.5},
         "seconds": {"train": report["train_seconds"], "evaluate": time.time() - t_eval,
                     "total": time.time() - t_start},
     })

@@ -181,6 +181,19 @@ class ClickstreamGRU(nn.Module):
         p = explore.scatter_add(-1, window, att)
         return torch.log(p.clamp_min(1e-30))
 
+    def top_items(self, out: Outputs, rq: Tensor, window: Tensor, k: int,
+                  exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Serving path: the k most probable next items (probabilities, indices), (B, k) each.
+        `exclude` (V,) bool marks indices never to recommend (padding, hash buckets). Same
+        mixture as `item_log_probs`, without materialising logs over the whole catalogue."""
+        g = out.repeat_gate.unsqueeze(-1)
+        att = self._repeat_attention(rq, window) * g
+        explore = torch.softmax(self.explore_logits(out), dim=-1) * (1 - att.sum(-1, keepdim=True))
+        p = explore.scatter_add(-1, window, att)
+        if exclude is not None:  # after the softmax: the probabilities stay those of item_log_probs
+            p = p.masked_fill(exclude, -1.0)
+        return p.topk(k, dim=-1)
+
     def item_target_log_prob(self, out: Outputs, rq: Tensor, window: Tensor,
                              target: Tensor) -> Tensor:
         """log p(target) without materialising the mixture over V (training path). (...)"""

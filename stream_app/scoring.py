@@ -87,6 +87,7 @@ def score_batch(p: Predictor, events: Sequence[Event], states: dict[str, UserSta
     preds: list[Prediction | None] = [None] * len(events)
     stats = {"rebuilt": 0, "replayed": 0, "late": 0, "waves": 0}
     actions_k = p.k
+    ids = p.items.ids
     for wave in waves(events):
         stats["waves"] += 1
         evs = [events[i] for i in wave]
@@ -98,15 +99,13 @@ def score_batch(p: Predictor, events: Sequence[Event], states: dict[str, UserSta
         out, rq, h_new = p.model.step(x, h_prev)
         probs = torch.softmax(out.action_logits, -1).cpu().numpy()
         churn = torch.sigmoid(out.churn_logit).cpu().numpy()
-        lp = p.model.item_log_probs(out, rq, x.window).masked_fill(p.not_items, float("-inf"))
-        top_v, top_i = lp.topk(actions_k, dim=-1)
-        top_v, top_i = top_v.exp().cpu().numpy(), top_i.cpu().numpy()
+        top_v, top_i = p.model.top_items(out, rq, x.window, actions_k, p.not_items)
+        top_v, top_i = top_v.cpu().tolist(), top_i.cpu().tolist()  # plain floats: cheap to serialise
         h_host = h_new.transpose(0, 1).reshape(len(evs), -1).cpu().numpy()
         keep_u, keep_n, keep_b = [], [], []
         for b, (i, (st, ob)) in enumerate(zip(wave, observed, strict=True)):
-            ids = p.items.ids
             preds[i] = Prediction(events[i], p.version, probs[b], float(churn[b]),
-                                  [(ids[j - 1], float(v)) for j, v in zip(top_i[b], top_v[b], strict=True)],
+                                  list(zip([ids[j - 1] for j in top_i[b]], top_v[b], strict=True)),
                                   ob.replayed)
             if ob.replayed:  # already applied: predict, but never advance the state twice
                 stats["replayed"] += 1

@@ -88,7 +88,8 @@ def test_weight_swap_rebuilds_hidden_state_from_the_window(registry, tmp_path):
     new = make_registry(registry, seed=8)  # a second version in the same registry
     set_current(registry, new)
     assert p.maybe_reload() and p.version == new != old
-    res = score_batch(p, [as_event(events[300])], {events[300]["user_id"]: states.get(events[300]["user_id"])}, LIM)
+    user = events[300]["user_id"]
+    res = score_batch(p, [as_event(events[300])], {user: states.get(user)}, LIM)
     st = res.states[events[300]["user_id"]]
     assert st.model_version == new
     had_history = events[300]["user_id"] in states

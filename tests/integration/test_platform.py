@@ -16,6 +16,7 @@ from stream_app.config import Settings
 from stream_app.records import parse_event
 from stream_app.simulator import SimConfig, produce
 
+from ..modelkit import make_registry
 from .helpers import read_topic, start_worker
 
 pytestmark = pytest.mark.integration
@@ -24,6 +25,12 @@ pytestmark = pytest.mark.integration
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "stream_app.cli", *args], capture_output=True,
                           text=True, timeout=180)
+
+
+def test_worker_without_a_model_says_how_to_train_one(kafka_bootstrap, namespace, tmp_path):
+    r = _cli("worker", "--model-dir", str(tmp_path / "empty"), "--bootstrap", kafka_bootstrap,
+             "--namespace", namespace)
+    assert r.returncode == 2 and "stream-app train" in r.stderr
 
 
 def test_kafka_up_status_down_commands(tmp_path):
@@ -77,8 +84,10 @@ def test_events_flow_through_the_agent_with_dead_letters_and_metrics(
     n_valid = counts["valid"]
     assert counts["invalid"] == len(invalid) > 0
 
+    make_registry(tmp_path / "models", users=50, events=1500)
     worker = start_worker(kafka_bootstrap, namespace, tmp_path,
-                          env={"CLICKSTREAM_PARTITIONS": "4"})
+                          env={"CLICKSTREAM_PARTITIONS": "4", "CLICKSTREAM_EMIT_VALID": "1"},
+                          extra_args=["--model-dir", str(tmp_path / "models")])
     try:
         out = read_topic(kafka_bootstrap, s.topics.valid_events, n_valid)
         dlq = read_topic(kafka_bootstrap, s.topics.dead_letters, len(invalid))

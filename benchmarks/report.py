@@ -1,0 +1,146 @@
+"""Rewrite the README's results section from benchmarks/results/*.json (never by hand).
+
+    python -m benchmarks.report            # rewrites README.md between the RESULTS markers
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .common import ROOT
+
+RESULTS = ROOT / "benchmarks" / "results"
+BEGIN, END = "<!-- RESULTS:BEGIN (python -m benchmarks.report) -->", "<!-- RESULTS:END -->"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    f = RESULTS / name
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def _env(d: dict[str, Any]) -> str:
+    e = d["environment"]
+    dev = e.get("gpu") or f"CPU ({e.get('cpu_count')} cores, {e.get('torch_threads')} threads)"
+    return f"`{Path(d.get('_file', '')).name}` · git {e['git_sha'][:10]} · {dev} · torch {e['torch']}"
+
+
+def next_item(d: dict[str, Any]) -> list[str]:
+    r, pub = d["results"], d["published"]
+    t = d["training"]
+    lines = [f"**Next item, Diginetica** (SR-GNN split, all {d['model_config']['n_items']:,} items ranked, "
+             f"{d['test_rows']:,} test rows fed through `step()` one event at a time). "
+             f"Trained {t['epochs_run']} epochs in {t['train_seconds'] / 60:.0f} min on {t['device']}. "
+             f"Goal P@20 ≥ 54.5 and MRR@20 ≥ 19.5: **{'met' if d['goal']['met'] else 'not met'}**.",
+             "", "| method | P@20 | MRR@20 | source |", "|---|---|---|---|"]
+    for name in ("clickstream-gru", "Markov", "S-POP", "POP"):
+        lines.append(f"| {name} | {r[name]['P@20']:.2f} | {r[name]['MRR@20']:.2f} | measured here |")
+    for name, v in pub.items():
+        lines.append(f"| {name} | {v['P@20']:.2f} | {v['MRR@20']:.2f} | published |")
+    lines += ["", f"<sub>{_env(d)}</sub>", ""]
+    return lines
+
+
+def next_action(d: dict[str, Any]) -> list[str]:
+    r = d["results"]
+    lines = [f"**Next action type, Taobao slice** (temporal split, {d['test_positions']:,} test "
+             f"positions). Goal: beat both baselines on log loss and macro-F1: "
+             f"**{'met' if d['goal']['beats_both_on_log_loss_and_macro_f1'] else 'not met'}**.",
+             "", "| method | log loss | macro-F1 (prior-corrected) | macro-F1 (argmax) | accuracy |",
+             "|---|---|---|---|---|"]
+    for name, v in r.items():
+        lines.append(f"| {name} | {v['log_loss']:.4f} | {v.get('macro_f1_prior_corrected', float('nan')):.4f} "
+                     f"| {v['macro_f1']:.4f} | {v['accuracy']:.4f} |")
+    lines += ["", f"<sub>{_env(d)}</sub>", ""]
+    return lines
+
+
+def churn(d: dict[str, Any]) -> list[str]:
+    lines = []
+    for part, title in (("simulated", "Churn, simulator with known return probabilities"),
+                        ("diginetica_purchases", "Buys again within 30 days, Diginetica purchases")):
+        p = d[part]
+        goal = ""
+        if part == "simulated":
+            g = p["goal"]
+            goal = (f" AUC gap to the ceiling {g['auc_gap_to_ceiling']:.3f} (goal ≤ 0.02: "
+                    f"**{'met' if g['auc_within_0.02'] else 'not met'}**), ECE goal < 0.02: "
+                    f"**{'met' if g['ece_below_0.02'] else 'not met'}**.")
+        else:
+            goal = f" Winner by AUC: **{p['winner_by_auc']}**."
+        lines += [f"**{title}.**{goal}", "", "| method | AUC | PR-AUC | log loss | ECE | n |",
+                  "|---|---|---|---|---|---|"]
+        for name, v in p["results"].items():
+            lines.append(f"| {name} | {v['auc']:.4f} | {v['pr_auc']:.4f} | {v['log_loss']:.4f} | "
+                         f"{v['ece']:.4f} | {v['n']:,} |")
+        lines.append("")
+    lines += [f"<sub>{_env(d)}</sub>", ""]
+    return lines
+
+
+def throughput(d: dict[str, Any]) -> list[str]:
+    lines = ["**Throughput and latency, one process per mode, same broker and input** "
+             f"({d['parameters']['events']:,} events, {d['parameters']['partitions']} partitions, hidden "
+             f"{d['parameters']['hidden']}).", "",
+             "| mode | events/s | p50 latency (ms) | p99 latency (ms) | offered load (events/s) |",
+             "|---|---|---|---|---|"]
+    def ms(x: float | None) -> str:
+        return f"{1000 * x:.1f}" if x is not None else "n/a"
+
+    for name, v in d["modes"].items():
+        lat = v["latency"]
+        lines.append(f"| {name} | {v['events_per_s']:,.0f} | {ms(lat['p50_s'])} | {ms(lat['p99_s'])} | "
+                     f"{lat['offered_events_per_s']:,.0f} |")
+    lines += ["", "| goal | measured | target | met |", "|---|---|---|---|"]
+    for name, g in d["goals"].items():
+        v = g["value"]
+        lines.append(f"| {name} | {v:.3f} | {g['goal']} | {'yes' if g['met'] else 'no'} |"
+                     if v is not None else f"| {name} | n/a | {g['goal']} | no |")
+    lines += ["", f"<sub>{_env(d)}</sub>", ""]
+    return lines
+
+
+def gru_step(d: dict[str, Any]) -> list[str]:
+    lines = ["**GRU engine alone** (events/s by batch size, state gathered from and scattered to a "
+             "device-resident table).", "", "| device | dtype | batch | events/s |", "|---|---|---|---|"]
+    for row in d["by_batch"]:
+        lines.append(f"| {row['device']} | {row['dtype']} | {row['batch']:,} | {row['events_per_s']:,.0f} |")
+    lines += ["", "| history length | incremental step (µs/event) | full window re-run (µs/event) |",
+              "|---|---|---|"]
+    for row in d["history"]:
+        lines.append(f"| {row['history']} | {row['step_us']:.1f} | {row['rerun_us']:.1f} |")
+    lines += ["", f"<sub>{_env(d)}</sub>", ""]
+    return lines
+
+
+def render() -> str:
+    out = [BEGIN, ""]
+    for name, fn in (("next_item.json", next_item), ("next_action.json", next_action),
+                     ("churn.json", churn), ("throughput.json", throughput), ("gru_step.json", gru_step)):
+        d = _load(name)
+        if d is None:
+            out += [f"_{name}: not measured yet._", ""]
+            continue
+        d["_file"] = name
+        if d.get("quick"):
+            out += [f"_{name} holds a --quick run; numbers below are smoke-test sized._", ""]
+        out += fn(d)
+    out.append(END)
+    return "\n".join(out)
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        sys.exit(f"README.md lacks the markers {BEGIN!r} / {END!r}")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(head + render() + tail)
+    print("README.md results section regenerated")
+
+
+if __name__ == "__main__":
+    main()

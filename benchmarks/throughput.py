@@ -1,0 +1,269 @@
+"""Throughput and latency, side by side, against one real broker (started here).
+
+For each mode (raw, faust_passthrough, naive, pipeline; see benchmarks/modes.py), one process
+at a time:
+1. max throughput: the mode consumes the same pre-loaded input topic of schema-v1 events from
+   the beginning; events/s is the slope of its output count between 10% and 90% of the events
+   (start-up excluded);
+2. latency: a fresh topic is fed at half of that mode's maximum rate; latency is the output
+   record's Kafka timestamp minus the input record's (both stamped by producers on this machine).
+
+    python -m benchmarks.throughput [--quick] --json benchmarks/results/throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from models.checkpoint import save_version
+from models.data import Vocab
+from models.gru import ClickstreamGRU, GRUConfig
+from stream_app import broker
+from stream_app.admin import ensure_topics
+from stream_app.simulator import SimConfig, messages
+
+from .common import environment, write_json
+
+MODES = ("raw", "faust_passthrough", "naive", "pipeline")
+PARTITIONS = 8
+
+
+def make_model(path: Path, cfg: SimConfig, hidden: int) -> str:
+    """A production-sized model over the simulator's catalogue. Weights are random: speed does
+    not depend on them."""
+    items = Vocab(tuple(f"i{i}" for i in range(cfg.items)), 1024)
+    cats = Vocab(tuple(f"c{i}" for i in range(cfg.categories)), 64)
+    gcfg = GRUConfig(n_items=len(items), n_categories=len(cats), emb_dim=hidden, hidden=hidden,
+                     repeat_flag=True)
+    return save_version(path, ClickstreamGRU(gcfg).eval(), items, cats, {"source": "random"}, {})
+
+
+def preload(bootstrap: str, topic: str, msgs: list[tuple[bytes, bytes]]) -> None:
+    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=512 * 1024, acks=1)
+    for k, v in msgs:
+        p.send(topic, key=k, value=v)
+    p.flush()
+    p.close()
+
+
+def end_count(consumer: KafkaConsumer, topic: str) -> int:
+    parts = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in parts]
+    return sum(consumer.end_offsets(tps).values()) if tps else 0
+
+
+def start_mode(mode: str, bootstrap: str, ns: str, input_topic: str, model_dir: Path,
+               work: Path) -> tuple[subprocess.Popen, str]:
+    """Returns (process, the topic whose message count measures progress)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log = open(work / f"{ns.strip('.')}-{mode}.log", "wb")  # noqa: SIM115 - the child owns it
+    if mode == "pipeline":
+        env |= {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "CLICKSTREAM_NAMESPACE": ns,
+                "CLICKSTREAM_APP_ID": f"{ns}pipeline", "CLICKSTREAM_LOG_LEVEL": "warning"}
+        cmd = [sys.executable, "-m", "stream_app.cli", "worker", "--model-dir", str(model_dir),
+               "--data-dir", str(work / f"{ns}pipeline"), "--web-port", str(broker.free_port()),
+               "--device", "cpu"]
+        out = f"{ns}predictions.next_action"
+    else:
+        out = f"{ns}out.{mode}"
+        cmd = [sys.executable, "-m", "benchmarks.modes", mode, "--bootstrap", bootstrap,
+               "--input", input_topic, "--output", out, "--group", f"{ns}{mode}",
+               "--web-port", str(broker.free_port()), "--model-dir", str(model_dir),
+               "--data-dir", str(work / f"{ns}{mode}")]
+    ensure_topics(bootstrap, {out: PARTITIONS, f"{out}.churn": PARTITIONS})
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return proc, out
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def measure_max(bootstrap: str, mode: str, ns: str, input_topic: str, n: int, model_dir: Path,
+                work: Path, limit_s: float) -> dict[str, Any]:
+    proc, out = start_mode(mode, bootstrap, ns, input_topic, model_dir, work)
+    c = KafkaConsumer(bootstrap_servers=bootstrap)
+    series: list[tuple[float, int]] = []
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < limit_s and proc.poll() is None:
+            k = end_count(c, out)
+            series.append((time.monotonic(), k))
+            if k >= n:
+                break
+            time.sleep(0.25)
+    finally:
+        stop(proc)
+        c.close()
+    ts = np.array([t for t, _ in series])
+    ks = np.array([k for _, k in series])
+    done = int(ks[-1]) if len(ks) else 0
+    lo, hi = 0.1 * min(done, n), 0.9 * min(done, n)
+    i, j = int(np.searchsorted(ks, lo)), int(np.searchsorted(ks, hi))
+    rate = float((ks[j] - ks[i]) / (ts[j] - ts[i])) if j < len(ks) and ts[j] > ts[i] else float("nan")
+    return {"events_per_s": rate, "events_done": done, "events_offered": n,
+            "complete": done >= n, "wall_s": float(ts[-1] - t0) if len(ts) else 0.0}
+
+
+def measure_latency(bootstrap: str, mode: str, ns: str, msgs: list[tuple[bytes, bytes]],
+                    rate: float, duration_s: float, model_dir: Path, work: Path) -> dict[str, Any]:
+    topic = f"{ns}clickstream.events"
+    ensure_topics(bootstrap, {topic: PARTITIONS})
+    proc, out = start_mode(mode, bootstrap, ns, topic, model_dir, work)
+    time.sleep(12 if mode in ("pipeline", "naive") else 8)  # let it join its group and settle
+    n = min(len(msgs), int(rate * duration_s))
+    sent_ms: dict[bytes, int] = {}
+    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1)
+    t0 = time.monotonic()
+    try:
+        for i, (k, v) in enumerate(msgs[:n]):
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            ms = int(time.time() * 1000)
+            p.send(topic, key=k, value=v, timestamp_ms=ms)
+            sent_ms[orjson.loads(v)["event_id"].encode()] = ms
+        p.flush()
+        achieved = n / (time.monotonic() - t0)
+        lat = collect_latencies(bootstrap, out, sent_ms, n, timeout=30 + duration_s)
+    finally:
+        p.close()
+        stop(proc)
+    arr = np.array(lat) / 1000.0
+    return {"offered_events_per_s": rate, "achieved_offer_events_per_s": achieved,
+            "events": n, "outputs_seen": len(lat),
+            "p50_s": float(np.percentile(arr, 50)) if len(arr) else None,
+            "p99_s": float(np.percentile(arr, 99)) if len(arr) else None}
+
+
+def collect_latencies(bootstrap: str, topic: str, sent_ms: dict[bytes, int], n: int,
+                      timeout: float) -> list[int]:
+    c = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    parts = c.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, q) for q in parts]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    out: list[int] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        for recs in c.poll(timeout_ms=500).values():
+            for r in recs:
+                eid = orjson.loads(r.value)["event_id"].encode()
+                if eid in sent_ms:
+                    out.append(r.timestamp - sent_ms[eid])
+    c.close()
+    return out
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = [m for m in MODES if m in results]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.bar(modes, [results[m]["events_per_s"] for m in modes], color="#4477aa")
+    a.set_ylabel("events/s (one process)")
+    a.set_title("max throughput")
+    p50 = [1000 * (results[m]["latency"]["p50_s"] or 0) for m in modes]
+    p99 = [1000 * (results[m]["latency"]["p99_s"] or 0) for m in modes]
+    x = np.arange(len(modes))
+    b.bar(x - 0.2, p50, 0.4, label="p50")
+    b.bar(x + 0.2, p99, 0.4, label="p99")
+    b.set_xticks(x, modes)
+    b.set_yscale("log")
+    b.set_ylabel("event -> output latency (ms)")
+    b.set_title("at half of each mode's max")
+    b.legend()
+    for ax in (a, b):
+        ax.tick_params(axis="x", labelrotation=20)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", default="benchmarks/results/throughput.json")
+    ap.add_argument("--events", type=int, default=60_000)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--latency-seconds", type=float, default=15.0)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.events, args.latency_seconds = 6000, 5.0
+    env = environment("cpu")
+    work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    info = broker.up(work / "kafka", port=broker.free_port())
+    bs = info.bootstrap
+    try:
+        sim = SimConfig(users=2000, events=args.events, seed=1)
+        msgs = [(k, v) for k, v, _ in messages(sim)]
+        model_dir = work / "models"
+        make_model(model_dir, sim, args.hidden)
+        run = f"b{int(time.time())}."
+        input_topic = f"{run}clickstream.events"
+        ensure_topics(bs, {input_topic: PARTITIONS, f"{run}clickstream.events.dlq": PARTITIONS,
+                           f"{run}predictions.next_action": PARTITIONS,
+                           f"{run}predictions.churn": PARTITIONS})
+        t = time.monotonic()
+        preload(bs, input_topic, msgs)
+        print(f"pre-loaded {len(msgs)} events in {time.monotonic() - t:.1f}s", file=sys.stderr)
+        results: dict[str, Any] = {}
+        for mode in args.modes.split(","):
+            ns = run if mode == "pipeline" else f"{run}{mode}."
+            limit = 120.0 if mode == "naive" else 300.0
+            if args.quick:
+                limit /= 4
+            r = measure_max(bs, mode, ns, input_topic, len(msgs), model_dir, work, limit)
+            print(f"{mode}: {r['events_per_s']:.0f} events/s", file=sys.stderr)
+            half = max(r["events_per_s"] / 2, 10.0) if r["events_per_s"] == r["events_per_s"] else 10.0
+            r["latency"] = measure_latency(bs, mode, f"{run}lat-{mode}.", msgs, half,
+                                           args.latency_seconds, model_dir, work)
+            print(f"{mode}: latency {r['latency']}", file=sys.stderr)
+            results[mode] = r
+    finally:
+        broker.down(work / "kafka")
+    goals = {}
+    if "pipeline" in results and "raw" in results:
+        ratio = results["pipeline"]["events_per_s"] / results["raw"]["events_per_s"]
+        goals["pipeline_over_raw"] = {"value": ratio, "goal": 0.5, "met": ratio >= 0.5}
+    if "pipeline" in results and "naive" in results:
+        ratio = results["pipeline"]["events_per_s"] / results["naive"]["events_per_s"]
+        goals["pipeline_over_naive"] = {"value": ratio, "goal": 5.0, "met": ratio >= 5.0}
+    if "pipeline" in results:
+        p99 = results["pipeline"]["latency"]["p99_s"]
+        goals["pipeline_p99_at_half_load_s"] = {"value": p99, "goal": 0.05,
+                                                "met": p99 is not None and p99 <= 0.05}
+    out = Path(args.json)
+    write_json(out, {"benchmark": "throughput", "environment": env, "quick": args.quick,
+                     "parameters": {"events": len(msgs), "partitions": PARTITIONS,
+                                    "hidden": args.hidden, "users": sim.users,
+                                    "latency_seconds": args.latency_seconds,
+                                    "model": "random weights, production size"},
+                     "modes": results, "goals": goals})
+    plot(results, out.with_suffix(".png"))
+    print(orjson.dumps(goals).decode())
+
+
+if __name__ == "__main__":
+    main()
