@@ -157,6 +157,11 @@ class ClickstreamGRU(nn.Module):
         out, rq = self._heads(o, x)  # type: ignore[misc]
         return out, rq, h_n
 
+    def readout(self, h: Tensor, x: Events) -> tuple[Outputs, Tensor]:
+        """Heads on a state h (layers, B, H) whose latest event was x (B,): the prediction that
+        followed x, without stepping again. Returns (outputs, repeat_query)."""
+        return self._heads(h[-1], x)  # type: ignore[return-value]
+
     # --- next-item distribution -------------------------------------------------------------
     def _repeat_attention(self, rq: Tensor, window: Tensor) -> Tensor:
         """Softmax over window positions (..., W); empty slots get 0."""

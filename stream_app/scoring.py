@@ -1,23 +1,32 @@
 """Pure scoring: (predictor, states, events) -> (new states, predictions).
 
-A micro-batch is split into waves: a user's k-th event in the batch goes into wave k, so each
-user's events are applied in order while all users of a wave share one `step()` on the device.
+A micro-batch may hold several events of one user (a burst, or a backlog after a restart). Each
+user's new events are applied in order as one short sequence: users with the same number of
+events in the batch form a group, and each group is a single call of the model's full-sequence
+forward from the users' current hidden states (cuDNN on a GPU). Running a sequence from h is
+exactly stepping through it event by event (tests/test_model.py proves the two agree), so this
+is the incremental one-step-per-event update, done in as few device calls as possible, however
+skewed the traffic.
+
 A user's hidden state comes from the device cache when it is current, else from the state
-itself, else (a new model version) it is rebuilt from the user's window; a brand-new user
-starts from zeros. No I/O: the agent reads and writes the table and sends the results.
+itself, else (a new model version) it is rebuilt from the user's window; a brand-new user starts
+from zeros. Replayed events (already applied) are scored as the prediction that followed the user's
+latest event, and change nothing. No I/O: the agent reads and writes the table and sends the results.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
 
+from models.gru import Events, Outputs
+
 from .predictor import Predictor
 from .records import Event
-from .state import StateLimits, UserState, observe
+from .state import Observation, StateLimits, UserState, observe
 
 
 @dataclass
@@ -37,22 +46,16 @@ class BatchResult:
     stats: dict[str, int]
 
 
-def waves(events: Sequence[Event]) -> list[list[int]]:
-    """Indices of events grouped so wave k holds every user's k-th event of the batch."""
-    out: list[list[int]] = []
-    seen: dict[str, int] = {}
-    for i, e in enumerate(events):
-        k = seen.get(e.user_id, 0)
-        seen[e.user_id] = k + 1
-        if k == len(out):
-            out.append([])
-        out[k].append(i)
-    return out
+@dataclass
+class _UserRun:
+    prev: UserState | None
+    applied: list[tuple[int, UserState, Observation]]  # (event index, state after it, obs)
+    replayed: list[tuple[int, UserState, Observation]]
 
 
 def _gather(p: Predictor, users: list[str], prev: list[UserState | None],
             stats: dict[str, int]) -> torch.Tensor:
-    """(layers, B, H) hidden states before this wave's events."""
+    """(layers, B, H) hidden states before this batch."""
     m = p.model
     h = m.init_state(len(users), p.device)
     hit_pos, hit_slot, host_pos, host_rows, rebuild_pos = [], [], [], [], []
@@ -80,43 +83,87 @@ def _gather(p: Predictor, users: list[str], prev: list[UserState | None],
     return h
 
 
+def _reshape(x: Events, B: int, T: int) -> Events:
+    return Events(**{f.name: getattr(x, f.name).reshape(B, T, *getattr(x, f.name).shape[1:])
+                     for f in fields(x)})
+
+
+def _flat(o: Outputs) -> Outputs:
+    return Outputs(*(getattr(o, f.name).flatten(0, 1) for f in fields(o)))
+
+
+class _Readout:
+    """Turns model outputs for N events into Prediction objects."""
+
+    def __init__(self, p: Predictor, events: Sequence[Event], preds: list[Prediction | None]) -> None:
+        self.p, self.events, self.preds = p, events, preds
+        self.ids = p.items.ids
+
+    def __call__(self, idx: list[int], out: Outputs, rq: torch.Tensor, window: torch.Tensor,
+                 replayed: bool) -> None:
+        p = self.p
+        probs = torch.softmax(out.action_logits, -1).cpu().numpy()
+        churn = torch.sigmoid(out.churn_logit).cpu().tolist()
+        top_v, top_i = p.model.top_items(out, rq, window, p.k, p.not_items)
+        top_v, top_i = top_v.cpu().tolist(), top_i.cpu().tolist()  # plain floats: cheap to serialise
+        ids = self.ids
+        for n, i in enumerate(idx):
+            self.preds[i] = Prediction(self.events[i], p.version, probs[n], churn[n],
+                                       list(zip([ids[j - 1] for j in top_i[n]], top_v[n], strict=True)),
+                                       replayed)
+
+
 @torch.no_grad()
 def score_batch(p: Predictor, events: Sequence[Event], states: dict[str, UserState | None],
                 limits: StateLimits) -> BatchResult:
-    cur: dict[str, UserState | None] = dict(states)
+    stats = {"rebuilt": 0, "replayed": 0, "late": 0, "groups": 0}
+    runs: dict[str, _UserRun] = {}
+    for i, e in enumerate(events):  # window/profile transitions, in each user's arrival order
+        r = runs.get(e.user_id)
+        if r is None:
+            r = runs[e.user_id] = _UserRun(states.get(e.user_id), [], [])
+        cur = r.applied[-1][1] if r.applied else r.prev
+        st, ob = observe(cur, e, limits)
+        (r.replayed if ob.replayed else r.applied).append((i, st, ob))
+        stats["late"] += ob.late
+    users = list(runs)
+    h0 = _gather(p, users, [runs[u].prev for u in users], stats)
     preds: list[Prediction | None] = [None] * len(events)
-    stats = {"rebuilt": 0, "replayed": 0, "late": 0, "waves": 0}
-    actions_k = p.k
-    ids = p.items.ids
-    for wave in waves(events):
-        stats["waves"] += 1
-        evs = [events[i] for i in wave]
-        users = [e.user_id for e in evs]
-        prev = [cur.get(u) for u in users]
-        observed = [observe(st, e, limits) for st, e in zip(prev, evs, strict=True)]
-        h_prev = _gather(p, users, prev, stats)
-        x = p.step_inputs([st.window for st, _ in observed], [ob.gap_s for _, ob in observed])
-        out, rq, h_new = p.model.step(x, h_prev)
-        probs = torch.softmax(out.action_logits, -1).cpu().numpy()
-        churn = torch.sigmoid(out.churn_logit).cpu().numpy()
-        top_v, top_i = p.model.top_items(out, rq, x.window, actions_k, p.not_items)
-        top_v, top_i = top_v.cpu().tolist(), top_i.cpu().tolist()  # plain floats: cheap to serialise
-        h_host = h_new.transpose(0, 1).reshape(len(evs), -1).cpu().numpy()
-        keep_u, keep_n, keep_b = [], [], []
-        for b, (i, (st, ob)) in enumerate(zip(wave, observed, strict=True)):
-            preds[i] = Prediction(events[i], p.version, probs[b], float(churn[b]),
-                                  list(zip([ids[j - 1] for j in top_i[b]], top_v[b], strict=True)),
-                                  ob.replayed)
-            if ob.replayed:  # already applied: predict, but never advance the state twice
-                stats["replayed"] += 1
-                continue
-            stats["late"] += ob.late
-            cur[users[b]] = replace(st, hidden=h_host[b].copy(), model_version=p.version)
+    readout = _Readout(p, events, preds)
+    final: dict[str, UserState] = {}
+    h_fin = h0.clone()  # each user's hidden state after this batch
+    by_len: dict[int, list[int]] = {}
+    for b, u in enumerate(users):
+        if runs[u].applied:
+            by_len.setdefault(len(runs[u].applied), []).append(b)
+    for T, rows in by_len.items():
+        stats["groups"] += 1
+        steps = [s for b in rows for s in runs[users[b]].applied]  # row-major (B, T)
+        x = _reshape(p.step_inputs([st.window for _, st, _ in steps], [ob.gap_s for _, _, ob in steps]),
+                     len(rows), T)
+        out, rq, h_n = p.model(x, h0[:, rows])
+        readout([i for i, _, _ in steps], _flat(out), rq.flatten(0, 1), x.window.flatten(0, 1), False)
+        h_fin[:, rows] = h_n
+        h_host = h_n.transpose(0, 1).reshape(len(rows), -1).cpu().numpy()
+        keep_u, keep_n = [], []
+        for j, b in enumerate(rows):
+            last = runs[users[b]].applied[-1][1]
+            final[users[b]] = replace(last, hidden=h_host[j].copy(), model_version=p.version)
             keep_u.append(users[b])
-            keep_n.append(st.n_events)
-            keep_b.append(b)
-        if keep_b:
-            p.cache.store(keep_u, keep_n, p.version, h_new[:, keep_b])
-    batch_users = {e.user_id for e in events}
-    final = {u: s for u, s in cur.items() if s is not None and u in batch_users}
+            keep_n.append(last.n_events)
+        p.cache.store(keep_u, keep_n, p.version, h_n)
+    replays = [(b, i) for b, u in enumerate(users) for i, _, _ in runs[u].replayed]
+    if replays:
+        # already applied: they get the prediction that followed the user's latest event (the
+        # heads on the current hidden state), and nothing moves
+        stats["replayed"] = len(replays)
+        cols = [b for b, _ in replays]
+        wins = [(final.get(users[b]) or runs[users[b]].prev).window for b in cols]  # type: ignore[union-attr]
+        gaps = [w[-1].ts - w[-2].ts if len(w) > 1 else 0.0 for w in wins]
+        x = p.step_inputs(wins, gaps)
+        out, rq = p.model.readout(h_fin[:, cols], x)
+        readout([i for _, i in replays], out, rq, x.window, True)
+    for u in users:
+        if u not in final and runs[u].prev is not None:
+            final[u] = runs[u].prev  # only replays: unchanged
     return BatchResult([q for q in preds if q is not None], final, stats)

@@ -10,7 +10,7 @@ from models.checkpoint import set_current
 from stream_app.agents import default_partition
 from stream_app.predictor import Predictor
 from stream_app.records import Event
-from stream_app.scoring import score_batch, waves
+from stream_app.scoring import score_batch
 from stream_app.sources import simulated_events
 from stream_app.state import StateLimits
 
@@ -43,9 +43,13 @@ def stream(predictor, events, batch=64, states=None):
     return preds, states
 
 
-def test_waves_keep_each_users_order():
-    evs = [Event(str(i), u, 1e9 + i, "view", "x") for i, u in enumerate("abacbaa")]
-    assert waves(evs) == [[0, 1, 3], [2, 4], [5], [6]]
+def test_bursts_of_one_user_in_one_batch_equal_one_event_at_a_time(registry):
+    events, _ = simulated_events(5, 400, seed=2)  # few users: many events each per batch
+    one, _ = stream(Predictor(registry, device="cpu"), events, batch=1)
+    big, _ = stream(Predictor(registry, device="cpu"), events, batch=400)
+    for eid, p in one.items():
+        np.testing.assert_allclose(big[eid].action_probs, p.action_probs, atol=1e-5)
+        assert big[eid].churn_probability == pytest.approx(p.churn_probability, abs=1e-5)
 
 
 def test_incremental_stream_equals_offline_forward(registry):
@@ -75,8 +79,15 @@ def test_replayed_events_are_predicted_but_not_applied_twice(registry):
     events, _ = simulated_events(20, 300, seed=5)
     p = Predictor(registry, device="cpu")
     _, states = stream(p, events)
+    last = {}
+    for e in events:
+        last[e["user_id"]] = e["event_id"]
+    first, _ = stream(Predictor(p.registry, device="cpu"), events)
     again, states2 = stream(p, events[-50:], states=dict(states))
     assert all(x.replayed for x in again.values())
+    for eid, x in again.items():  # a replay gets the prediction that followed the user's last event
+        latest = first[last[x.event.user_id]]
+        np.testing.assert_allclose(x.action_probs, latest.action_probs, atol=1e-5)
     assert {u: s.n_events for u, s in states2.items()} == {u: s.n_events for u, s in states.items()}
 
 
