@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", default="benchmarks/results/next_action.json")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--hidden", type=int, default=64)
     args = ap.parse_args(argv)
     t0 = time.time()
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
                     churn_horizon_s=1800.0, item_buckets=256, category_buckets=64, repeat_flag=True)
     # the item head shares the GRU but the goal here is the action head: weight it up, and
     # early-stop on the action loss
-    tcfg = TrainConfig(epochs=args.epochs, w_item=0.2, w_action=1.0, w_churn=0.2, batch_tokens=2048,
-                       patience=3, select_on="action")
+    tcfg = TrainConfig(epochs=args.epochs, lr=1e-3, w_item=0.05, w_action=1.0, w_churn=0.0,
+                       batch_tokens=2048, patience=4, select_on="action")
     tr = train_on_events(events, cfg, tcfg, device=args.device, min_item_count=2,
                          progress=stderr_progress)
     data, split = tr.data, tr.split

@@ -5,8 +5,9 @@ One event's path: `clickstream.events` (key = user_id) -> `parse_event` -> dead-
 (original bytes + reason headers) or the accepted list -> `score_batch` (one GRU step per wave)
 -> one table write per user per batch -> `predictions.next_action` + `predictions.churn`.
 
-Sends use the producer's buffer (`send_soon`, no await per message); Faust flushes that buffer
-before it commits offsets and acks a batch only after this code returns: at-least-once.
+`handle_batch` is synchronous and returns the batch's predictions; the agent then hands them to
+Kafka as record batches (publisher.py). Faust flushes that producer before it commits offsets and
+acks a batch only after both return: at-least-once. Dead letters use Faust's `send_soon`.
 
 Error policy: bad data never crashes the worker (dead letters with a reason). If scoring a batch
 raises, each event is retried alone and only the ones that still fail are dead-lettered
@@ -53,8 +54,8 @@ def default_partition(key: bytes, partitions: int) -> int:
 
 class EventPipeline:
     def __init__(self, *, metrics: Metrics, predictor: Predictor, table: Any, limits: StateLimits,
-                 partitions: int, dead_letters: Any, next_action: Any, churn: Any,
-                 valid_events: Any | None = None) -> None:
+                 partitions: int, dead_letters: Any, next_action: str, churn: str,
+                 valid_events: str | None = None) -> None:
         self.metrics = metrics
         self.predictor = predictor
         self.table = table
@@ -70,13 +71,16 @@ class EventPipeline:
         self._m_accepted = m.events_consumed.labels("accepted")
         self._m_rejected = m.events_consumed.labels("rejected")
         self._m_replayed = m.events_consumed.labels("replayed")
-        self._m_sent_na = m.messages_produced.labels(next_action.get_topic_name())
-        self._m_sent_churn = m.messages_produced.labels(churn.get_topic_name())
+        self._m_sent_na = m.messages_produced.labels(next_action)
+        self._m_sent_churn = m.messages_produced.labels(churn)
         self._m_sent_dlq = m.messages_produced.labels(dead_letters.get_topic_name())
 
     # --- entry point ------------------------------------------------------------------------
-    def handle_batch(self, events: Sequence[Any]) -> None:
+    def handle_batch(self, events: Sequence[Any]) -> dict[str, list[tuple[bytes, bytes]]]:
+        """Validate, score and write state for one micro-batch; returns {topic: [(key, value)]}
+        for the agent to publish."""
         t0 = time.perf_counter()
+        self.outbox: dict[str, list[tuple[bytes, bytes]]] = {}
         accepted: list[tuple[Any, Event]] = []
         for ev in events:
             msg = ev.message
@@ -94,6 +98,7 @@ class EventPipeline:
             self._score_and_emit(accepted)
         self.metrics.batch_size.observe(len(events))
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
+        return self.outbox
 
     # --- scoring ----------------------------------------------------------------------------
     def _score_and_emit(self, accepted: list[tuple[Any, Event]]) -> None:
@@ -149,21 +154,22 @@ class EventPipeline:
         version = self.predictor.version
         horizon = self.predictor.model.cfg.churn_horizon_s
         lat = self.metrics.latency
+        na = self.outbox.setdefault(self.next_action, [])
+        ch = self.outbox.setdefault(self.churn, [])
         for (fev, e), p in zip(accepted, result.predictions, strict=True):
             key = e.user_id.encode()
-            self.next_action.send_soon(key=key, value=next_action_payload(
-                e, version, p.action_probs, p.top_items, now, p.replayed))
-            self.churn.send_soon(key=key, value=churn_payload(
-                e, version, p.churn_probability, horizon, now, p.replayed))
+            na.append((key, next_action_payload(e, version, p.action_probs, p.top_items, now,
+                                                p.replayed)))
+            ch.append((key, churn_payload(e, version, p.churn_probability, horizon, now, p.replayed)))
             if e.ts > self.watermark:
                 self.watermark = e.ts
             ts = fev.message.timestamp
             if ts:
                 lat.observe(max(now - ts, 0.0))
         if self.valid_events is not None:
-            for _, e in accepted:
-                self.valid_events.send_soon(key=e.user_id.encode(), value=e.to_json())
-            self.metrics.messages_produced.labels(self.valid_events.get_topic_name()).inc(len(accepted))
+            self.outbox.setdefault(self.valid_events, []).extend(
+                (e.user_id.encode(), e.to_json()) for _, e in accepted)
+            self.metrics.messages_produced.labels(self.valid_events).inc(len(accepted))
         n = len(accepted)
         self._m_accepted.inc(n - result.stats["replayed"])
         self._m_replayed.inc(result.stats["replayed"])

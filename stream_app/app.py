@@ -13,10 +13,11 @@ import faust
 from aiohttp import web as aioweb
 
 from . import __version__
-from .agents import EventPipeline
+from .agents import EventPipeline, default_partition
 from .config import Settings
 from .instruments import Metrics
 from .predictor import Predictor
+from .publisher import BatchPublisher
 from .state import StateLimits, last_seen_of
 
 log = logging.getLogger(__name__)
@@ -64,11 +65,10 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
         limits=StateLimits(settings.window_events, settings.window_seconds),
         partitions=settings.partitions,
         dead_letters=_raw_topic(app, t.dead_letters, settings.partitions),
-        next_action=_raw_topic(app, t.next_action, settings.partitions),
-        churn=_raw_topic(app, t.churn, settings.partitions),
-        valid_events=_raw_topic(app, t.valid_events, settings.partitions)
-        if settings.emit_valid_events else None,
+        next_action=t.next_action, churn=t.churn,
+        valid_events=t.valid_events if settings.emit_valid_events else None,
     )
+    publisher = BatchPublisher(app.producer, settings.partitions, default_partition)
     app.pipeline = pipeline  # type: ignore[attr-defined]
     events = _raw_topic(app, t.events, settings.partitions)
     metrics.info.labels(settings.app_id, __version__).set(1)
@@ -76,7 +76,8 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
 
     async def process(stream: Any) -> None:
         async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            pipeline.handle_batch(batch)
+            for topic, messages in pipeline.handle_batch(batch).items():
+                await publisher.publish(topic, messages)
 
     # concurrency 1: higher concurrency can commit past an in-flight message (Faust #606)
     app.agent(events, name=AGENT_NAME, concurrency=1)(process)
