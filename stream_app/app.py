@@ -52,6 +52,7 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
         producer_acks=-1,
+        producer_linger_ms=settings.producer_linger_ms,
         processing_guarantee="at_least_once",  # exactly_once has open upstream bugs
     )
     t = settings.topics

@@ -21,7 +21,8 @@ class Settings:
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     batch_max: int = 512  # events per micro-batch
-    batch_within_s: float = 0.01  # longest wait to fill a batch: bounds latency at low load
+    batch_within_s: float = 0.02  # longest wait to fill a batch: bounds latency at low load
+    producer_linger_ms: int = 2  # lets the producer pack a batch's sends into fewer requests
     emit_valid_events: bool = False  # also publish normalised events (for retraining consumers)
     model_dir: Path = Path("var/models")  # model registry (stream-app train --out)
     device: str = "auto"  # auto | cpu | cuda
@@ -47,7 +48,8 @@ class Settings:
         d = cls()
         return cls(
             bootstrap=e.get("KAFKA_BOOTSTRAP_SERVERS", d.bootstrap),
-            app_id=e.get("CLICKSTREAM_APP_ID", d.app_id),
+            # the app id names the consumer group and the state changelog: namespace it too
+            app_id=e.get("CLICKSTREAM_APP_ID", e.get("CLICKSTREAM_NAMESPACE", "") + d.app_id),
             namespace=e.get("CLICKSTREAM_NAMESPACE", d.namespace),
             partitions=int(e.get("CLICKSTREAM_PARTITIONS", d.partitions)),
             data_dir=Path(e.get("CLICKSTREAM_DATA_DIR", str(d.data_dir))),
@@ -56,6 +58,7 @@ class Settings:
             web_port=int(e.get("CLICKSTREAM_WEB_PORT", d.web_port)),
             batch_max=int(e.get("CLICKSTREAM_BATCH_MAX", d.batch_max)),
             batch_within_s=float(e.get("CLICKSTREAM_BATCH_WITHIN_S", d.batch_within_s)),
+            producer_linger_ms=int(e.get("CLICKSTREAM_PRODUCER_LINGER_MS", d.producer_linger_ms)),
             emit_valid_events=e.get("CLICKSTREAM_EMIT_VALID", "0") not in ("0", "false", "no"),
             model_dir=Path(e.get("CLICKSTREAM_MODEL_DIR", str(d.model_dir))),
             device=e.get("CLICKSTREAM_DEVICE", d.device),

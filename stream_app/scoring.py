@@ -113,7 +113,7 @@ class _Readout:
                                        replayed)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def score_batch(p: Predictor, events: Sequence[Event], states: dict[str, UserState | None],
                 limits: StateLimits) -> BatchResult:
     stats = {"rebuilt": 0, "replayed": 0, "late": 0, "groups": 0}

@@ -16,6 +16,7 @@ def test_settings_from_env_and_namespaced_topics():
     assert s.topics.events == "t1.clickstream.events"
     assert s.topics.dead_letters == "t1.clickstream.events.dlq"
     assert s.with_(web_port=7001, namespace=None).web_port == 7001
+    assert s.app_id == "t1.clickstream-gru"  # group and changelog never shared across namespaces
 
 
 def test_defaults_are_the_documented_names():
