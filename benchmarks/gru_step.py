@@ -128,9 +128,11 @@ def main(argv: list[str] | None = None) -> None:
         "cuda_measured": torch.cuda.is_available(),
     })
     for r in results["by_batch"]:
-        print(f"{r['device']} {r['dtype']:>8} batch {r['batch']:>6}: {r['events_per_s']:>12,.0f} events/s")
+        eps = r["events_per_s"]
+        print(f"{r['device']} {r['dtype']:>8} batch {r['batch']:>6}: {eps:>12,.0f} events/s")
     for r in results["history"]:
-        print(f"{r['device']} history {r['history']:>5}: step {r['step_us']:.1f} us, rerun {r['rerun_us']:.1f} us")
+        print(f"{r['device']} history {r['history']:>5}: step {r['step_us']:.1f} us, "
+              f"rerun {r['rerun_us']:.1f} us")
 
 
 if __name__ == "__main__":

@@ -51,8 +51,9 @@ def next_action(d: dict[str, Any]) -> list[str]:
              "", "| method | log loss | macro-F1 (prior-corrected) | macro-F1 (argmax) | accuracy |",
              "|---|---|---|---|---|"]
     for name, v in r.items():
-        lines.append(f"| {name} | {v['log_loss']:.4f} | {v.get('macro_f1_prior_corrected', float('nan')):.4f} "
-                     f"| {v['macro_f1']:.4f} | {v['accuracy']:.4f} |")
+        pc = v.get("macro_f1_prior_corrected", float("nan"))
+        lines.append(f"| {name} | {v['log_loss']:.4f} | {pc:.4f} | {v['macro_f1']:.4f} | "
+                     f"{v['accuracy']:.4f} |")
     lines += ["", f"<sub>{_env(d)}</sub>", ""]
     return lines
 
@@ -115,10 +116,27 @@ def gru_step(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def scaling(d: dict[str, Any]) -> list[str]:
+    lines = ["**Per-event cost as tracked users grow** (state in RocksDB, hot users' hidden states "
+             "cached; Zipf activity; no Kafka).", "",
+             "| tracked users | µs/event | state bytes/user | cache hit ratio |", "|---|---|---|---|"]
+    for r in d["by_users"]:
+        lines.append(f"| {r['users']:,} | {r['us_per_event']:.1f} | {r['state_bytes_per_user_mean']:.0f} "
+                     f"| {r['cache_hit_ratio']:.2f} |")
+    g = d["goals"]
+    lines += ["", f"Cost at the largest size / smallest: {g['flat_in_users']['value']:.2f}x (goal ≤ 1.5: "
+              f"{'met' if g['flat_in_users']['met'] else 'not met'}); state per user "
+              f"{g['state_bytes_per_user']['value']:.0f} B (goal ≤ 2048: "
+              f"{'met' if g['state_bytes_per_user']['met'] else 'not met'}).", "",
+              f"<sub>{_env(d)}</sub>", ""]
+    return lines
+
+
 def render() -> str:
     out = [BEGIN, ""]
     for name, fn in (("next_item.json", next_item), ("next_action.json", next_action),
-                     ("churn.json", churn), ("throughput.json", throughput), ("gru_step.json", gru_step)):
+                     ("churn.json", churn), ("throughput.json", throughput), ("gru_step.json", gru_step),
+                     ("scaling.json", scaling)):
         d = _load(name)
         if d is None:
             out += [f"_{name}: not measured yet._", ""]

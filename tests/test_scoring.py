@@ -85,7 +85,7 @@ def test_replayed_events_are_predicted_but_not_applied_twice(registry):
     first, _ = stream(Predictor(p.registry, device="cpu"), events)
     again, states2 = stream(p, events[-50:], states=dict(states))
     assert all(x.replayed for x in again.values())
-    for eid, x in again.items():  # a replay gets the prediction that followed the user's last event
+    for x in again.values():  # a replay gets the prediction that followed the user's last event
         latest = first[last[x.event.user_id]]
         np.testing.assert_allclose(x.action_probs, latest.action_probs, atol=1e-5)
     assert {u: s.n_events for u, s in states2.items()} == {u: s.n_events for u, s in states.items()}
