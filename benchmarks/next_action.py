@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--dropout", type=float, default=0.25)
+    ap.add_argument("--weight-decay", type=float, default=0.0)
     args = ap.parse_args(argv)
     t0 = time.time()
     env = environment(str(pick_device(args.device)))
@@ -43,10 +45,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         events, args.epochs, args.hidden = events[:30000], 1, 32
     cfg = GRUConfig(n_items=0, n_categories=0, emb_dim=args.hidden, hidden=args.hidden,
-                    churn_horizon_s=1800.0, item_buckets=256, category_buckets=64, repeat_flag=True)
+                    churn_horizon_s=1800.0, item_buckets=256, category_buckets=64, repeat_flag=True,
+                    dropout=args.dropout)
     # the item head shares the GRU but the goal here is the action head: weight it up, and
     # early-stop on the action loss
     tcfg = TrainConfig(epochs=args.epochs, lr=1e-3, w_item=0.05, w_action=1.0, w_churn=0.0,
+                       weight_decay=args.weight_decay,
                        batch_tokens=2048, patience=4, select_on="action")
     tr = train_on_events(events, cfg, tcfg, device=args.device, min_item_count=2,
                          progress=stderr_progress)

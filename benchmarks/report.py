@@ -85,7 +85,7 @@ def throughput(d: dict[str, Any]) -> list[str]:
     lines = ["**Throughput and latency, one process per mode, same broker and input** "
              f"({d['parameters']['events']:,} events, {d['parameters']['partitions']} partitions, hidden "
              f"{d['parameters']['hidden']}).", "",
-             "| mode | events/s | p50 latency (ms) | p99 latency (ms) | offered load (events/s) |",
+             "| mode | events/s | p50 latency (ms) | p99 latency (ms) | load asked / achieved (events/s) |",
              "|---|---|---|---|---|"]
     def ms(x: float | None) -> str:
         return f"{1000 * x:.1f}" if x is not None else "n/a"
@@ -93,8 +93,10 @@ def throughput(d: dict[str, Any]) -> list[str]:
     for name, v in d["modes"].items():
         lat = v["latency"]
         lines.append(f"| {name} | {v['events_per_s']:,.0f} | {ms(lat['p50_s'])} | {ms(lat['p99_s'])} | "
-                     f"{lat['offered_events_per_s']:,.0f} |")
-    lines += ["", "| goal | measured | target | met |", "|---|---|---|---|"]
+                     f"{lat['offered_events_per_s']:,.0f} / {lat['achieved_offer_events_per_s']:,.0f} |")
+    lines += ["", "Latency is measured at half of each mode's maximum; where the single feeding process "
+              "could not offer that much (raw), the achieved rate is what was measured.", "",
+              "| goal | measured | target | met |", "|---|---|---|---|"]
     for name, g in d["goals"].items():
         v = g["value"]
         lines.append(f"| {name} | {v:.3f} | {g['goal']} | {'yes' if g['met'] else 'no'} |"

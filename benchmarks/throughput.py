@@ -67,16 +67,17 @@ def end_count(consumer: KafkaConsumer, topic: str) -> int:
 
 
 def start_mode(mode: str, bootstrap: str, ns: str, input_topic: str, model_dir: Path,
-               work: Path) -> tuple[subprocess.Popen, str]:
-    """Returns (process, the topic whose message count measures progress)."""
+               work: Path, instance: int = 0, web_port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Returns (process, the topic whose message count measures progress). Instances of the
+    pipeline with the same `ns` join one consumer group and share the partitions."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    log = open(work / f"{ns.strip('.')}-{mode}.log", "wb")  # noqa: SIM115 - the child owns it
+    log = open(work / f"{ns.strip('.')}-{mode}-{instance}.log", "wb")  # noqa: SIM115 - child owns it
     if mode == "pipeline":
         env |= {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "CLICKSTREAM_NAMESPACE": ns,
                 "CLICKSTREAM_APP_ID": f"{ns}pipeline", "CLICKSTREAM_LOG_LEVEL": "warning"}
         cmd = [sys.executable, "-m", "stream_app.cli", "worker", "--model-dir", str(model_dir),
-               "--data-dir", str(work / f"{ns}pipeline"), "--web-port", str(broker.free_port()),
-               "--device", "cpu"]
+               "--data-dir", str(work / f"{ns}pipeline-{instance}"),
+               "--web-port", str(web_port or broker.free_port()), "--device", "cpu"]
         out = f"{ns}predictions.next_action"
     else:
         out = f"{ns}out.{mode}"

@@ -56,14 +56,18 @@ def read_taobao(path: Path) -> list[dict[str, Any]]:
 def read_purchases(path: Path) -> list[dict[str, Any]]:
     """Logged-in buyers' orders as purchase events, one per order (its lines share a time, and
     counting them apart would label every multi-item order as "bought again at once").
-    Time = order date plus the session-relative timeframe (ms); item = the order's first line."""
+    Time = order date plus the session-relative timeframe (ms, capped within that day); item =
+    the order's first line."""
     orders: dict[str, dict[str, Any]] = {}
     with open(path, newline="") as fh:
         for row in csv.DictReader(fh, delimiter=";"):
             if row["userId"] == "NA" or row["ordernumber"] in orders:
                 continue
             day = datetime.strptime(row["eventdate"], "%Y-%m-%d").replace(tzinfo=UTC)
-            ts = day.timestamp() + int(row["timeframe"]) / 1000.0
+            # timeframe counts ms from the session's start and can run to months; an order stays
+            # on its own date, or the data would seem to run past its real end (2016-06-17) and
+            # churn labels near the end would be read as observed when they are not
+            ts = day.timestamp() + min(int(row["timeframe"]), 86_399_999) / 1000.0
             orders[row["ordernumber"]] = {
                 "event_id": f"order-{row['ordernumber']}", "user_id": row["userId"],
                 "item_id": row["itemId"], "action": "purchase", "ts": ts,

@@ -122,13 +122,16 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
         for name, now in (("hit", cache.hits), ("miss", cache.misses)):
             metrics.cache_lookups.labels(name).inc(max(now - cache_seen[name], 0))
             cache_seen[name] = now
+        lags = {}
         for tp in app.consumer.assignment():
             if tp.topic != t.events:
                 continue
             hw = app.consumer.highwater(tp)
             if hw is not None:
-                done = pipeline.offsets.get(tp.partition, -1) + 1
-                metrics.consumer_lag.labels(str(tp.partition)).set(max(hw - done, 0))
+                lags[str(tp.partition)] = max(hw - (pipeline.offsets.get(tp.partition, -1) + 1), 0)
+        metrics.consumer_lag.clear()  # partitions lost in a rebalance must not linger as series
+        for part, lag in lags.items():
+            metrics.consumer_lag.labels(part).set(lag)
 
     @app.page("/metrics")
     async def metrics_page(self: Any, request: Any) -> Any:
