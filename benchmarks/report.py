@@ -134,11 +134,20 @@ def scaling(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def two_workers(d: dict[str, Any]) -> list[str]:
+    one, two = d["one_worker"], d["two_workers"]
+    return [f"**Two workers sharing one topic** ({d['parameters']['events']:,} events, "
+            f"{d['parameters']['partitions']} partitions; {d['parameters']['machine_note']}): one worker "
+            f"{one['events_per_s']:,.0f} events/s, two workers {two['events_per_s']:,.0f} events/s "
+            f"({d['speedup']:.2f}x); partitions per worker: {two['partitions_by_worker']}.", "",
+            f"<sub>{_env(d)}</sub>", ""]
+
+
 def render() -> str:
     out = [BEGIN, ""]
     for name, fn in (("next_item.json", next_item), ("next_action.json", next_action),
                      ("churn.json", churn), ("throughput.json", throughput), ("gru_step.json", gru_step),
-                     ("scaling.json", scaling)):
+                     ("scaling.json", scaling), ("two_workers.json", two_workers)):
         d = _load(name)
         if d is None:
             out += [f"_{name}: not measured yet._", ""]

@@ -7,6 +7,7 @@ same run, and how Faust split the partitions between them (from each worker's /m
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import tempfile
 import time
@@ -68,8 +69,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", default="benchmarks/results/two_workers.json")
     ap.add_argument("--events", type=int, default=40_000)
+    ap.add_argument("--torch-threads", type=int, default=1, help="per worker, both runs")
     args = ap.parse_args(argv)
     env = environment("cpu")
+    # workers sharing cores must not each spin a full torch thread pool (measured: two workers
+    # with the default 2 threads each ran at a third of one worker's rate on 2 cores)
+    os.environ["CLICKSTREAM_TORCH_THREADS"] = str(args.torch_threads)
     n = 4000 if args.quick else args.events
     work = Path(tempfile.mkdtemp(prefix="bench-two-workers-"))
     info = broker.up(work / "kafka", port=broker.free_port())
@@ -85,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.json, {
         "benchmark": "two_workers", "environment": env, "quick": args.quick,
         "parameters": {"events": n, "partitions": PARTITIONS, "hidden": 128,
+                       "torch_threads_per_worker": args.torch_threads,
                        "machine_note": "both workers, the broker and this harness share the same cores"},
         "one_worker": one, "two_workers": two,
         "speedup": two["events_per_s"] / one["events_per_s"]})

@@ -106,6 +106,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .app import build_app, run_worker
     from .predictor import Predictor
 
+    if s.torch_threads:
+        import torch
+
+        torch.set_num_threads(s.torch_threads)
     try:
         predictor = Predictor(s.model_dir, device=s.device, top_k=s.top_k, cache_users=s.cache_users)
     except CheckpointError as e:

@@ -32,6 +32,7 @@ class Settings:
     sweep_interval_s: float = 60.0  # how often idle users are expired
     cache_users: int = 100_000  # device-resident hidden states
     model_poll_s: float = 10.0  # how often the registry's CURRENT is checked for a new version
+    torch_threads: int = 0  # 0 = torch's default; 1 when several workers share a machine's cores
     log_level: str = "info"
     topics: TopicNames = field(init=False)
 
@@ -68,5 +69,6 @@ class Settings:
             sweep_interval_s=float(e.get("CLICKSTREAM_SWEEP_INTERVAL_S", d.sweep_interval_s)),
             cache_users=int(e.get("CLICKSTREAM_CACHE_USERS", d.cache_users)),
             model_poll_s=float(e.get("CLICKSTREAM_MODEL_POLL_S", d.model_poll_s)),
+            torch_threads=int(e.get("CLICKSTREAM_TORCH_THREADS", d.torch_threads)),
             log_level=e.get("CLICKSTREAM_LOG_LEVEL", d.log_level),
         )
