@@ -31,6 +31,7 @@ from kafka.partitioner.default import murmur2
 from .instruments import Metrics
 from .predictor import Predictor
 from .records import (
+    KEY_MISMATCH,
     PROCESSING_ERROR,
     WRONG_PARTITION,
     Event,
@@ -86,6 +87,8 @@ class EventPipeline:
             msg = ev.message
             self.offsets[msg.partition] = msg.offset
             try:
+                if msg.key is None:
+                    raise InvalidEvent(KEY_MISMATCH, "message has no key; the key must be the user_id")
                 e = parse_event(msg.value, msg.key)
                 if default_partition(msg.key, self.partitions) != msg.partition:
                     raise InvalidEvent(WRONG_PARTITION, "event is not in its key's default partition; "

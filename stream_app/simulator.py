@@ -171,10 +171,12 @@ class Storefront:
                 heapq.heappush(heap, (arrival, len(users) - 1, True))
 
 
-def corrupt(ev: dict[str, Any], rng: random.Random) -> tuple[bytes, bytes]:
+def corrupt(ev: dict[str, Any], rng: random.Random) -> tuple[bytes | None, bytes]:
     """A malformed message of a kind storefronts really send; returns (key, value)."""
-    key = ev["user_id"].encode()
-    kind = rng.randrange(6)
+    key: bytes | None = ev["user_id"].encode()
+    kind = rng.randrange(7)
+    if kind == 6:
+        return None, orjson.dumps(ev)  # valid JSON, but produced without a key
     if kind == 0:
         return key, orjson.dumps(ev)[:-3]  # truncated JSON
     bad = dict(ev)
@@ -191,7 +193,7 @@ def corrupt(ev: dict[str, Any], rng: random.Random) -> tuple[bytes, bytes]:
     return key, orjson.dumps(bad)
 
 
-def messages(cfg: SimConfig) -> Iterator[tuple[bytes, bytes, bool]]:
+def messages(cfg: SimConfig) -> Iterator[tuple[bytes | None, bytes, bool]]:
     """(key, value, valid) Kafka messages for the simulated stream."""
     rng = random.Random(cfg.seed + 1)
     for ev, _ in Storefront(cfg).events():

@@ -73,7 +73,7 @@ def test_events_flow_through_the_agent_with_dead_letters_and_metrics(
     sent = collections.defaultdict(list)
     invalid: list[bytes] = []
 
-    def record(key: bytes, value: bytes, valid: bool) -> None:
+    def record(key: bytes | None, value: bytes, valid: bool) -> None:
         if valid:
             sent[key.decode()].append(orjson.loads(value)["event_id"])
         else:
