@@ -21,6 +21,7 @@ __all__ = ["ACTIONS", "ACTION_INDEX", "Event", "InvalidEvent", "churn_payload", 
            "parse_event"]
 MAX_EVENT_BYTES = 64 * 1024
 MAX_STR_LEN = 512
+MAX_PRICE = 1e12
 # Unix seconds between 2000-01-01 and 2100-01-01: catches milliseconds sent as seconds.
 MIN_TS, MAX_TS = 946_684_800.0, 4_102_444_800.0
 
@@ -132,8 +133,8 @@ def parse_event(raw: bytes | None, key: bytes | None = None) -> Event:
     price = obj.get("price")
     if price is not None:
         price = _number(price, "price")
-        if price < 0:
-            raise InvalidEvent(INVALID_VALUE, "'price' must be >= 0")
+        if not 0 <= price <= MAX_PRICE:  # an absurd price would overflow float32 state
+            raise InvalidEvent(INVALID_VALUE, f"'price' must be between 0 and {MAX_PRICE:g}")
     if key is not None and key.decode("utf-8", "replace") != user_id:
         raise InvalidEvent(KEY_MISMATCH, "message key must equal user_id")
     return Event(

@@ -80,6 +80,7 @@ def test_every_schema_action_is_accepted():
     (make(user_id=42), r.INVALID_TYPE),
     (make(price="cheap"), r.INVALID_TYPE),
     (make(price=-1), r.INVALID_VALUE),
+    (make(price=1e300), r.INVALID_VALUE),
     (make(item_id="x" * 600), r.INVALID_VALUE),
     (b" " * (r.MAX_EVENT_BYTES + 1), r.TOO_LARGE),
 ])
