@@ -22,6 +22,7 @@ from .hidden_cache import HiddenCache
 from .state import WindowEvent
 
 log = logging.getLogger(__name__)
+_MEMO_LIMIT = 1_000_000  # id -> index memo entries (the vocabulary itself is fixed per version)
 
 
 class Predictor:
@@ -63,12 +64,16 @@ class Predictor:
     def item_index(self, item_id: str | None) -> int:
         i = self._item_idx.get(item_id)
         if i is None:
+            if len(self._item_idx) > _MEMO_LIMIT:  # unseen ids keep coming: stay bounded
+                self._item_idx = {None: 0}
             i = self._item_idx[item_id] = self.items.index(item_id)
         return i
 
     def category_index(self, cat: str | None) -> int:
         i = self._cat_idx.get(cat)
         if i is None:
+            if len(self._cat_idx) > _MEMO_LIMIT:
+                self._cat_idx = {None: 0}
             i = self._cat_idx[cat] = self.categories.index(cat)
         return i
 
