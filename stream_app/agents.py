@@ -5,9 +5,9 @@ One event's path: `clickstream.events` (key = user_id) -> `parse_event` -> dead-
 (original bytes + reason headers) or the accepted list -> `score_batch` (one GRU step per wave)
 -> one table write per user per batch -> `predictions.next_action` + `predictions.churn`.
 
-`handle_batch` is synchronous and returns the batch's predictions; the agent then hands them to
-Kafka as record batches (publisher.py). Faust flushes that producer before it commits offsets and
-acks a batch only after both return: at-least-once. Dead letters use Faust's `send_soon`.
+`handle_batch` is synchronous and returns the batch's predictions; the agent queues them with
+Faust's `send_soon` without awaiting. Faust flushes that buffer before it commits offsets and acks
+a batch only after the agent has queued it: at-least-once.
 
 Error policy: bad data never crashes the worker (dead letters with a reason). If scoring a batch
 raises, each event is retried alone and only the ones that still fail are dead-lettered

@@ -13,11 +13,10 @@ import faust
 from aiohttp import web as aioweb
 
 from . import __version__
-from .agents import EventPipeline, default_partition
+from .agents import EventPipeline
 from .config import Settings
 from .instruments import Metrics
 from .predictor import Predictor
-from .publisher import BatchPublisher
 from .state import StateLimits, last_seen_of
 
 log = logging.getLogger(__name__)
@@ -69,7 +68,8 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
         next_action=t.next_action, churn=t.churn,
         valid_events=t.valid_events if settings.emit_valid_events else None,
     )
-    publisher = BatchPublisher(app.producer, settings.partitions, default_partition)
+    outputs = {name: _raw_topic(app, name, settings.partitions)
+               for name in (t.next_action, t.churn, t.valid_events)}
     app.pipeline = pipeline  # type: ignore[attr-defined]
     events = _raw_topic(app, t.events, settings.partitions)
     metrics.info.labels(settings.app_id, __version__).set(1)
@@ -77,8 +77,12 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
 
     async def process(stream: Any) -> None:
         async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            # send_soon appends synchronously to Faust's buffer, which Faust flushes before it
+            # commits: no await here, so a cancellation cannot split a batch's predictions
             for topic, messages in pipeline.handle_batch(batch).items():
-                await publisher.publish(topic, messages)
+                send = outputs[topic].send_soon
+                for key, value in messages:
+                    send(key=key, value=value)
 
     # concurrency 1: higher concurrency can commit past an in-flight message (Faust #606)
     app.agent(events, name=AGENT_NAME, concurrency=1)(process)

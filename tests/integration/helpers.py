@@ -8,8 +8,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -66,8 +68,11 @@ def start_worker(bootstrap: str, namespace: str, tmp: Path, *, extra_args: list[
     raise TimeoutError(f"worker not ready in {ready_timeout}s:\n{w.log()[-4000:]}")
 
 
-def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list:
-    """Every record of a topic (all partitions, from the beginning), waiting for `expected`."""
+def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0,
+               distinct: Callable[[Any], Any] | None = None) -> list:
+    """Every record of a topic (all partitions, from the beginning), waiting for `expected`
+    records, or `expected` distinct values of `distinct(record)` (at-least-once delivery may
+    add duplicates, which must not end the wait early)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                              auto_offset_reset="earliest", consumer_timeout_ms=1000)
     try:
@@ -83,9 +88,12 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0)
         consumer.seek_to_beginning(*tps)
         records: list = []
         deadline = time.monotonic() + timeout
-        while len(records) < expected and time.monotonic() < deadline:
+        seen: set = set()
+        while (len(seen) if distinct else len(records)) < expected and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500).values():
                 records.extend(batch)
+                if distinct:
+                    seen.update(distinct(r) for r in batch)
         # a short extra read catches anything beyond `expected` (duplicates must not hide)
         for batch in consumer.poll(timeout_ms=1000).values():
             records.extend(batch)
