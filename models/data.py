@@ -44,12 +44,6 @@ class Vocab:
             return i
         return 1 + len(self.ids) + zlib.crc32(key.encode()) % self.buckets
 
-    def is_known(self, idx: int) -> bool:
-        return 1 <= idx <= len(self.ids)
-
-    def id_of(self, idx: int) -> str:
-        return self.ids[idx - 1]
-
     @classmethod
     def build(cls, keys: Iterable[str | None], buckets: int, min_count: int = 1) -> Vocab:
         counts: dict[str, int] = {}
@@ -78,15 +72,6 @@ class SeqData:
 
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
-
-    def rows(self, idx: Sequence[int]) -> SeqData:
-        parts = [np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx]
-        sel = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        lens = np.array([len(p) for p in parts], np.int64)
-        return SeqData(np.concatenate([[0], np.cumsum(lens)]), self.action[sel], self.item[sel],
-                       self.category[sel], self.ts[sel], self.price[sel], self.end_ts,
-                       self.has_time, [self.keys[i] for i in idx] if self.keys else None,
-                       None if self.origin is None else self.origin[sel])
 
     def before(self, cutoff: float) -> SeqData:
         """Only events with ts < cutoff, observation ending at cutoff (a time-ordered train set)."""

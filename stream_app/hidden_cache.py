@@ -61,7 +61,3 @@ class HiddenCache:
         entry = self._slots.pop(user, None)
         if entry is not None:
             self._free.append(entry[0])
-
-    def clear(self) -> None:
-        self._slots.clear()
-        self._free = list(range(self.capacity - 1, -1, -1))
