@@ -186,7 +186,8 @@ def up(data_dir: Path, port: int | None = None, timeout_s: float = 90.0,
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     fmt = subprocess.run(
         ["java", "-cp", cp, "kafka.tools.StorageTool", "format", "--config", str(props),
-         "--cluster-id", cluster_id, "--standalone", "--ignore-formatted"],
+         f"--cluster-id={cluster_id}",  # "=": a URL-safe base64 id may start with "-"
+         "--standalone", "--ignore-formatted"],
         capture_output=True, text=True,
     )
     if fmt.returncode != 0:
