@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--dropout", type=float, default=0.25)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--negatives", type=int, default=0,
+                    help="sampled softmax with this many shared negatives per batch (0: full softmax)")
     args = ap.parse_args(argv)
     t_start = time.time()
     device = pick_device(args.device)
@@ -115,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = GRUConfig(n_items=len(items), n_categories=0, item_buckets=64, category_buckets=1,
                     emb_dim=args.emb, hidden=args.hidden, dropout=args.dropout, window=20)
     tcfg = TrainConfig(epochs=args.epochs, lr=args.lr, w_action=0.0, w_churn=0.0,
-                       batch_tokens=4096, max_seconds=args.max_seconds)
+                       batch_tokens=4096, max_seconds=args.max_seconds,
+                       sampled_negatives=args.negatives)
     model, report = fit(cfg, sessions_to_seqdata(train[:cut], items),
                         sessions_to_seqdata(train[cut:], items), tcfg, device=str(device),
                         progress=stderr_progress)

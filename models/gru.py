@@ -26,6 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 N_ACTIONS = 6  # the schema's actions, in stream_app.records.ACTIONS order
+# gap buckets (seconds): what happens next depends on the gap non-monotonically (a burst of
+# clicks, a pause to read, a new session), which one scalar through one tanh layer learns slowly
+GAP_EDGES_S = (1.0, 10.0, 60.0, 300.0, 1800.0, 3 * 3600.0, 86400.0)
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class GRUConfig:
     window: int = 20  # items of the user's recent history the repeat head can score
     churn_horizon_s: float = 1800.0
     repeat_flag: bool = False  # input flag: is this event's item already in the window?
+    gap_buckets: bool = False  # also embed the gap by bucket (GAP_EDGES_S): same-second, <10 s, ...
 
     @property
     def item_vocab(self) -> int:
@@ -96,7 +100,11 @@ class ClickstreamGRU(nn.Module):
         self.item_emb = nn.Embedding(cfg.item_vocab, E, padding_idx=0)
         self.action_emb = nn.Embedding(cfg.n_actions, 16)
         self.category_emb = nn.Embedding(cfg.category_vocab, 16, padding_idx=0)
-        self.input_proj = nn.Linear(E + 16 + 16 + 3 + int(cfg.repeat_flag), E)
+        gap_dim = 8 if cfg.gap_buckets else 0
+        if cfg.gap_buckets:
+            self.gap_emb = nn.Embedding(len(GAP_EDGES_S) + 1, gap_dim)
+            self.register_buffer("gap_edges", torch.log1p(torch.tensor(GAP_EDGES_S)), persistent=False)
+        self.input_proj = nn.Linear(E + 16 + 16 + 3 + int(cfg.repeat_flag) + gap_dim, E)
         self.drop = nn.Dropout(cfg.dropout)
         self.gru = nn.GRU(E, H, num_layers=cfg.layers, batch_first=True)
         self.action_head = nn.Linear(H, cfg.n_actions)
@@ -122,8 +130,10 @@ class ClickstreamGRU(nn.Module):
             item = x.item.unsqueeze(-1)
             cols.append(((x.window[..., :-1] == item) & (item != 0)).any(-1).float())
         feats = torch.stack(cols, dim=-1).float()
-        z = torch.cat([self.item_emb(x.item), self.action_emb(x.action),
-                       self.category_emb(x.category), feats], dim=-1)
+        parts = [self.item_emb(x.item), self.action_emb(x.action), self.category_emb(x.category), feats]
+        if self.cfg.gap_buckets:
+            parts.append(self.gap_emb(torch.bucketize(x.log_gap.float(), self.gap_edges)))
+        z = torch.cat(parts, dim=-1)
         return self.drop(torch.tanh(self.input_proj(z)))
 
     def _heads(self, o: Tensor, x: Events) -> Outputs:
@@ -199,11 +209,24 @@ class ClickstreamGRU(nn.Module):
             p = p.masked_fill(exclude, -1.0)
         return p.topk(k, dim=-1)
 
-    def item_target_log_prob(self, out: Outputs, rq: Tensor, window: Tensor,
-                             target: Tensor) -> Tensor:
-        """log p(target) without materialising the mixture over V (training path). (...)"""
-        logits = self.explore_logits(out)
-        log_explore = torch.log_softmax(logits, dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    def item_target_log_prob(self, out: Outputs, rq: Tensor, window: Tensor, target: Tensor,
+                             negatives: Tensor | None = None,
+                             neg_log_q: Tensor | None = None) -> Tensor:
+        """log p(target) without materialising the mixture over V (training path). (...)
+
+        With `negatives` (K,) item indices drawn with log-probabilities `neg_log_q` (K,), the
+        explore softmax is estimated over {target} + negatives with the logQ correction (sampled
+        softmax; negatives that equal the target are masked): training cost O(K) instead of O(V).
+        """
+        if negatives is None:
+            logits = self.explore_logits(out)
+            log_explore = torch.log_softmax(logits, dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        else:
+            assert neg_log_q is not None
+            pos = (out.item_query * self.item_emb(target)).sum(-1) + self.item_bias[target]
+            neg = out.item_query @ self.item_emb(negatives).t() + self.item_bias[negatives] - neg_log_q
+            neg = neg.masked_fill(negatives == target.unsqueeze(-1), float("-inf"))
+            log_explore = pos - torch.logsumexp(torch.cat([pos.unsqueeze(-1), neg], dim=-1), dim=-1)
         att = self._repeat_attention(rq, window)
         has_window = (att.sum(-1) > 0).float()
         g = out.repeat_gate * has_window

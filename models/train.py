@@ -38,6 +38,9 @@ class TrainConfig:
     max_seconds: float | None = None  # wall-clock budget; stops after the epoch that crosses it
     grad_clip: float = 5.0
     select_on: str = "total"  # validation loss that early stopping watches: total|item|action|churn
+    # > 0: train the item head with a sampled softmax over this many negatives per batch, drawn
+    # from item popularity^0.75 (validation and evaluation always use the full softmax)
+    sampled_negatives: int = 0
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -59,7 +62,29 @@ class LossParts:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def batch_losses(model: ClickstreamGRU, b: Batch, mask: torch.Tensor | None = None) -> LossParts:
+@dataclass
+class NegativeSampler:
+    """Shared negatives for a sampled softmax: K item indices per batch, from popularity^alpha."""
+
+    log_q: torch.Tensor  # (V,) log-probability of drawing each index
+    k: int
+
+    @classmethod
+    def from_data(cls, train: SeqData, vocab: int, k: int, alpha: float = 0.75,
+                  device: torch.device | str = "cpu") -> NegativeSampler:
+        counts = np.bincount(train.item[train.item > 0], minlength=vocab)[:vocab].astype(np.float64)
+        w = (counts + 1.0) ** alpha
+        w[0] = 0.0  # never "no item"
+        return cls(torch.from_numpy(np.log(w / w.sum())).float().to(device), k)
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.multinomial(self.log_q.exp(), self.k, replacement=True)
+        # with replacement: K draws estimate K * q(j) of each index
+        return idx, self.log_q[idx] + math.log(self.k)
+
+
+def batch_losses(model: ClickstreamGRU, b: Batch, mask: torch.Tensor | None = None,
+                 sampler: NegativeSampler | None = None) -> LossParts:
     """Mean losses per head over labelled positions (restricted to `mask` when given)."""
     out, rq, _ = model(b.x)
     sel = b.valid if mask is None else (b.valid & mask)
@@ -72,7 +97,9 @@ def batch_losses(model: ClickstreamGRU, b: Batch, mask: torch.Tensor | None = No
         idx = m_item.nonzero(as_tuple=True)
         sub = type(out)(out.action_logits[idx], out.churn_logit[idx], out.item_query[idx],
                         out.repeat_gate[idx])
-        item = -model.item_target_log_prob(sub, rq[idx], b.x.window[idx], b.next_item[idx]).mean()
+        neg, neg_log_q = sampler.draw() if sampler is not None else (None, None)
+        item = -model.item_target_log_prob(sub, rq[idx], b.x.window[idx], b.next_item[idx],
+                                           neg, neg_log_q).mean()
     action = F.cross_entropy(out.action_logits[m_act], b.next_action[m_act]) if m_act.any() else zero
     churn = (F.binary_cross_entropy_with_logits(out.churn_logit[m_churn], b.churn[m_churn])
              if m_churn.any() else zero)
@@ -110,6 +137,22 @@ def evaluate_loss(model: ClickstreamGRU, data: SeqData, tcfg: TrainConfig, devic
     return means
 
 
+def init_output_priors(model: ClickstreamGRU, train: SeqData) -> None:
+    """Start the action and item heads at the training label frequencies (log, add-one smoothed)
+    instead of uniform: the first epochs then learn structure instead of the base rates."""
+    nxt = np.ones(len(train.action), bool)
+    nxt[train.offsets[:-1][train.lengths() > 0]] = False  # first events are nobody's next event
+    with torch.no_grad():
+        acts = np.bincount(train.action[nxt], minlength=model.cfg.n_actions)[: model.cfg.n_actions] + 1.0
+        model.action_head.bias.copy_(torch.from_numpy(np.log(acts / acts.sum())).float())
+        items = train.item[nxt]
+        items = items[items > 0]
+        if len(items):
+            counts = np.bincount(items, minlength=model.cfg.item_vocab)[: model.cfg.item_vocab] + 1.0
+            logp = np.log(counts / counts.sum())
+            model.item_bias.copy_(torch.from_numpy(logp - logp.mean()).float())
+
+
 def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig,
         device: str = "auto", valid_from_ts: float | None = None,
         progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[ClickstreamGRU, dict]:
@@ -120,9 +163,13 @@ def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig
     """
     set_seed(tcfg.seed)
     dev = pick_device(device)
-    model = ClickstreamGRU(cfg).to(dev)
+    model = ClickstreamGRU(cfg)
+    init_output_priors(model, train)
+    model = model.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     rng = np.random.default_rng(tcfg.seed)
+    sampler = (NegativeSampler.from_data(train, cfg.item_vocab, tcfg.sampled_negatives, device=dev)
+               if tcfg.sampled_negatives else None)
     best, best_state, bad_epochs = math.inf, None, 0
     history = []
     t0 = time.monotonic()
@@ -132,7 +179,7 @@ def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig
         running, seen = 0.0, 0
         for i, b in enumerate(batches(train, cfg, tcfg.batch_tokens, shuffle=True, rng=rng)):
             b = b.to(dev)
-            p = batch_losses(model, b)
+            p = batch_losses(model, b, sampler=sampler)
             loss = tcfg.w_item * p.item + tcfg.w_action * p.action + tcfg.w_churn * p.churn
             opt.zero_grad(set_to_none=True)
             loss.backward()

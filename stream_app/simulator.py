@@ -25,10 +25,11 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
 from .records import ACTIONS
@@ -92,22 +93,29 @@ class Storefront:
         self.items = list(range(n))
         self.weights = weights
 
-    def continue_p(self, action: str, e: float) -> float:
-        return min(0.97, CONTINUE_BASE[action] * (0.75 + 0.3 * e))
+    @staticmethod
+    def continue_p(action: str, e: Any) -> Any:
+        """P(the session goes on after `action`); e a float or a numpy array."""
+        return np.minimum(0.97, CONTINUE_BASE[action] * (0.75 + 0.3 * e))
 
-    def return_p(self, e: float) -> float:
+    @staticmethod
+    def return_p(e: Any) -> Any:
         return 0.15 + 0.8 * e
 
-    def p_churn(self, action: str, e: float) -> float:
+    @staticmethod
+    def action_weights(table: dict[str, float], e: Any) -> dict[str, Any]:
+        """Unnormalised P(next action) from a funnel row: engaged users cart and buy more."""
+        return {k: p * ((0.5 + e) if k in ("add_to_cart", "purchase") else 1.0) for k, p in table.items()}
+
+    def p_churn(self, action: str, e: Any) -> Any:
         c, r, h = self.continue_p(action, e), self.return_p(e), self.cfg.horizon_s
         active = c * (1 - math.exp(-h / self.cfg.session_gap_mean_s)) + (1 - c) * r * (
             1 - math.exp(-h / self.cfg.return_gap_mean_s))
         return 1.0 - active
 
     def _pick(self, table: dict[str, float], e: float) -> str:
-        keys = list(table)
-        w = [table[k] * ((0.5 + e) if k in ("add_to_cart", "purchase") else 1.0) for k in keys]
-        return self.rng.choices(keys, w)[0]
+        w = self.action_weights(table, e)
+        return self.rng.choices(list(w), list(w.values()))[0]
 
     def _item(self, u: _User) -> int:
         r = self.rng.random()
@@ -158,10 +166,11 @@ class Storefront:
             ts, i, new_session = heapq.heappop(heap)
             u = users[i]
             ev = self._next_event(u, ts, new_session)
-            truth = {"p_churn": self.p_churn(ev["action"], u.engagement), "engagement": u.engagement}
+            truth = {"p_churn": float(self.p_churn(ev["action"], u.engagement)),
+                     "engagement": u.engagement}
             produced += 1
             yield ev, truth
-            if rng.random() < self.continue_p(ev["action"], u.engagement):
+            if rng.random() < float(self.continue_p(ev["action"], u.engagement)):
                 heapq.heappush(heap, (ts + rng.expovariate(1 / cfg.session_gap_mean_s), i, False))
             elif rng.random() < self.return_p(u.engagement):
                 heapq.heappush(heap, (ts + rng.expovariate(1 / cfg.return_gap_mean_s), i, True))
@@ -169,6 +178,44 @@ class Storefront:
                 users.append(_User(uid=f"u{len(users)}", engagement=rng.betavariate(2, 2), recent=[]))
                 arrival = ts + rng.uniform(0, cfg.arrival_spread_s)
                 heapq.heappush(heap, (arrival, len(users) - 1, True))
+
+
+def history_p_churn(events: Iterable[dict[str, Any]], cfg: SimConfig, grid: int = 201) -> np.ndarray:
+    """The best any model can do from what the stream shows: P(churn | the user's events so far)
+    under the simulator's own process, integrating the unknown engagement e over its posterior
+    (a grid on [0, 1], Beta(2, 2) prior). The evidence in each transition: whether the session
+    went on (same session_id) or the user came back, and which action followed. Gaps, items and
+    a new session's first action do not depend on e. The ground-truth ceiling knows e itself;
+    this bound is what a perfect learner of the process could reach, so it tells how much of the
+    gap to the ceiling is learnable at all. `events` in time order; returns one p per event."""
+    e = (np.arange(grid) + 0.5) / grid
+    log_prior = np.log(e) + np.log1p(-e)  # Beta(2, 2), unnormalised
+    sim = Storefront.__new__(Storefront)  # only the process's formulas, no catalogue
+    sim.cfg = cfg
+    log_cont = {a: np.log(sim.continue_p(a, e)) for a in CONTINUE_BASE}
+    log_end_return = {a: np.log1p(-sim.continue_p(a, e)) + np.log(sim.return_p(e)) for a in CONTINUE_BASE}
+    log_next = {}
+    for a, row in FUNNEL.items():
+        w = sim.action_weights(row, e)
+        total = sum(w.values())
+        log_next[a] = {b: np.log(v / total) for b, v in w.items()}
+    churn_given_e = {a: sim.p_churn(a, e) for a in CONTINUE_BASE}
+    post: dict[str, tuple[np.ndarray, str, str]] = {}  # user -> (log posterior, action, session)
+    out = []
+    for ev in events:
+        uid, action, session = ev["user_id"], ev["action"], ev["session_id"]
+        prev = post.get(uid)
+        if prev is None:
+            lp = log_prior
+        elif session == prev[2]:
+            lp = prev[0] + log_cont[prev[1]] + log_next[prev[1]][action]
+        else:
+            lp = prev[0] + log_end_return[prev[1]]
+        lp = lp - lp.max()
+        post[uid] = (lp, action, session)
+        w = np.exp(lp)
+        out.append(float(w @ churn_given_e[action] / w.sum()))
+    return np.array(out)
 
 
 def corrupt(ev: dict[str, Any], rng: random.Random) -> tuple[bytes | None, bytes]:

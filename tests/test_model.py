@@ -17,7 +17,8 @@ from models.metrics import expected_calibration_error, macro_f1, pr_auc, recall_
 from models.train import run_incremental
 
 CFG = GRUConfig(n_items=50, n_categories=5, item_buckets=8, category_buckets=4, emb_dim=16,
-                hidden=24, layers=2, window=6, churn_horizon_s=100.0, repeat_flag=True)
+                hidden=24, layers=2, window=6, churn_horizon_s=100.0, repeat_flag=True,
+                gap_buckets=True)
 
 
 def random_data(seed=0, n=12, max_len=15):
@@ -86,6 +87,24 @@ def test_training_loss_path_equals_full_distribution():
     torch.testing.assert_close(fast, full.gather(-1, target.unsqueeze(-1)).squeeze(-1),
                                atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(full.exp().sum(-1), torch.ones_like(fast), atol=1e-4, rtol=1e-4)
+
+
+def test_sampled_softmax_is_exact_when_every_item_is_sampled_once():
+    torch.manual_seed(2)
+    model = ClickstreamGRU(CFG).eval()
+    b = make_batch(random_data(4), list(range(12)), CFG)
+    with torch.no_grad():
+        out, rq, _ = model(b.x)
+        target = torch.randint(1, CFG.item_vocab, b.x.item.shape)
+        full = model.item_target_log_prob(out, rq, b.x.window, target)
+        every = torch.arange(CFG.item_vocab)  # q uniform over V, drawn V times: K q = 1
+        sampled = model.item_target_log_prob(out, rq, b.x.window, target, every,
+                                             torch.zeros(CFG.item_vocab))
+        # a sample that misses the target's strongest rivals overestimates p(target)
+        few = torch.arange(1, 6)
+        rough = model.item_target_log_prob(out, rq, b.x.window, target, few, torch.zeros(5))
+    torch.testing.assert_close(sampled, full, atol=1e-5, rtol=1e-5)
+    assert bool((rough >= full - 1e-6).all()) and bool((rough > full + 1e-3).any())
 
 
 def test_models_package_is_pure():
