@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.users, args.events, args.epochs, hidden = 300, 20_000, 1, 16
     cfg = GRUConfig(n_items=0, n_categories=0, emb_dim=hidden, hidden=hidden,
-                    churn_horizon_s=1800.0, item_buckets=256, category_buckets=16, repeat_flag=True)
+                    churn_horizon_s=1800.0, item_buckets=256, category_buckets=16, repeat_flag=True,
+                    gap_buckets=True)
     tcfg = TrainConfig(epochs=args.epochs, w_item=0.1, w_action=0.1, w_churn=1.0,
                        batch_tokens=4096, patience=4, select_on="churn")
     out = {"benchmark": "churn", "environment": env,

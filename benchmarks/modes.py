@@ -83,6 +83,7 @@ def run_naive(args: argparse.Namespace) -> None:
     from stream_app.predictor import Predictor
     from stream_app.state import StateLimits, observe
 
+    torch.set_num_threads(1)  # as the pipeline worker does by default (CLICKSTREAM_TORCH_THREADS)
     predictor = Predictor(args.model_dir, device="cpu")
     model = predictor.model
     limits = StateLimits(model.cfg.window, 1e12)

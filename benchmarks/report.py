@@ -45,14 +45,22 @@ def next_item(d: dict[str, Any]) -> list[str]:
 
 def next_action(d: dict[str, Any]) -> list[str]:
     r = d["results"]
+    m = d["margins_gru_minus_baseline"]["vs_markov_action_gap"]
+    ci = m.get("macro_f1_ci95")
+    ci_text = f" (95% bootstrap interval {ci[0]:+.3f} to {ci[1]:+.3f})" if ci else ""
     lines = [f"**Next action type, Taobao slice** (temporal split, {d['test_positions']:,} test "
              f"positions). Goal: beat both baselines on log loss and macro-F1: "
-             f"**{'met' if d['goal']['beats_both_on_log_loss_and_macro_f1'] else 'not met'}**.",
-             "", "| method | log loss | macro-F1 (prior-corrected) | macro-F1 (argmax) | accuracy |",
-             "|---|---|---|---|---|"]
+             f"**{'met' if d['goal']['beats_both_on_log_loss_and_macro_f1'] else 'not met'}**. "
+             f"Margins over Markov: log loss {m['log_loss']:+.4f} (positive = GRU better), macro-F1 "
+             f"{m['macro_f1']:+.4f}{ci_text}. Macro-F1 uses each method's own decision weights "
+             "fitted on the validation part "
+             "(plain argmax answers \"view\" everywhere on this 90%-view log).",
+             "", "| method | log loss | macro-F1 (validation-tuned) | macro-F1 (prior-corrected) | "
+             "macro-F1 (argmax) | accuracy |", "|---|---|---|---|---|---|"]
     for name, v in r.items():
+        vt = v.get("macro_f1_validation_tuned", float("nan"))
         pc = v.get("macro_f1_prior_corrected", float("nan"))
-        lines.append(f"| {name} | {v['log_loss']:.4f} | {pc:.4f} | {v['macro_f1']:.4f} | "
+        lines.append(f"| {name} | {v['log_loss']:.4f} | {vt:.4f} | {pc:.4f} | {v['macro_f1']:.4f} | "
                      f"{v['accuracy']:.4f} |")
     lines += ["", f"<sub>{_env(d)}</sub>", ""]
     return lines
@@ -69,6 +77,12 @@ def churn(d: dict[str, Any]) -> list[str]:
             goal = (f" AUC gap to the ceiling {g['auc_gap_to_ceiling']:.3f} (goal ≤ 0.02: "
                     f"**{'met' if g['auc_within_0.02'] else 'not met'}**), ECE goal < 0.02: "
                     f"**{'met' if g['ece_below_0.02'] else 'not met'}**.")
+            if "auc_gap_history_bound_to_ceiling" in g:
+                goal += (f" The ceiling knows each shopper's hidden engagement; the history bound is "
+                         f"the best any model that sees only events can do (the Bayes posterior under "
+                         f"the simulator's own process), and it is itself "
+                         f"{g['auc_gap_history_bound_to_ceiling']:.3f} AUC below the ceiling. The GRU is "
+                         f"{g['auc_gap_to_history_bound']:.3f} below the bound.")
         else:
             goal = f" Winner by AUC: **{p['winner_by_auc']}**."
         lines += [f"**{title}.**{goal}", "", "| method | AUC | PR-AUC | log loss | ECE | n |",

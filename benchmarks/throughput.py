@@ -48,7 +48,7 @@ def make_model(path: Path, cfg: SimConfig, hidden: int) -> str:
     items = Vocab(tuple(f"i{i}" for i in range(cfg.items)), 1024)
     cats = Vocab(tuple(f"c{i}" for i in range(cfg.categories)), 64)
     gcfg = GRUConfig(n_items=len(items), n_categories=len(cats), emb_dim=hidden, hidden=hidden,
-                     repeat_flag=True)
+                     repeat_flag=True, gap_buckets=True)
     return save_version(path, ClickstreamGRU(gcfg).eval(), items, cats, {"source": "random"}, {})
 
 

@@ -45,7 +45,9 @@ class GRUConfig:
     window: int = 20  # items of the user's recent history the repeat head can score
     churn_horizon_s: float = 1800.0
     repeat_flag: bool = False  # input flag: is this event's item already in the window?
-    gap_buckets: bool = False  # also embed the gap by bucket (GAP_EDGES_S): same-second, <10 s, ...
+    # also embed (action, gap bucket) pairs (GAP_EDGES_S): "carted 5 s after the last click" and
+    # "carted after a day away" are different situations, whatever the rest of the history says
+    gap_buckets: bool = False
 
     @property
     def item_vocab(self) -> int:
@@ -102,7 +104,7 @@ class ClickstreamGRU(nn.Module):
         self.category_emb = nn.Embedding(cfg.category_vocab, 16, padding_idx=0)
         gap_dim = 8 if cfg.gap_buckets else 0
         if cfg.gap_buckets:
-            self.gap_emb = nn.Embedding(len(GAP_EDGES_S) + 1, gap_dim)
+            self.gap_emb = nn.Embedding((len(GAP_EDGES_S) + 1) * cfg.n_actions, gap_dim)
             self.register_buffer("gap_edges", torch.log1p(torch.tensor(GAP_EDGES_S)), persistent=False)
         self.input_proj = nn.Linear(E + 16 + 16 + 3 + int(cfg.repeat_flag) + gap_dim, E)
         self.drop = nn.Dropout(cfg.dropout)
@@ -132,7 +134,8 @@ class ClickstreamGRU(nn.Module):
         feats = torch.stack(cols, dim=-1).float()
         parts = [self.item_emb(x.item), self.action_emb(x.action), self.category_emb(x.category), feats]
         if self.cfg.gap_buckets:
-            parts.append(self.gap_emb(torch.bucketize(x.log_gap.float(), self.gap_edges)))
+            bucket = torch.bucketize(x.log_gap.float(), self.gap_edges)
+            parts.append(self.gap_emb(bucket * self.cfg.n_actions + x.action))
         z = torch.cat(parts, dim=-1)
         return self.drop(torch.tanh(self.input_proj(z)))
 
@@ -183,7 +186,10 @@ class ClickstreamGRU(nn.Module):
 
     def explore_logits(self, out: Outputs) -> Tensor:
         """(..., V) scores over every item index, tied to the input embeddings."""
-        return out.item_query @ self.item_emb.weight.t() + self.item_bias
+        q = out.item_query
+        if q.dim() == 2:  # one fused multiply-add (the serving path)
+            return torch.addmm(self.item_bias, q, self.item_emb.weight.t())
+        return q @ self.item_emb.weight.t() + self.item_bias
 
     def item_log_probs(self, out: Outputs, rq: Tensor, window: Tensor) -> Tensor:
         """Full next-item log-distribution (..., V): gate * repeat + (1 - gate) * explore."""
@@ -197,17 +203,19 @@ class ClickstreamGRU(nn.Module):
         return torch.log(p.clamp_min(1e-30))
 
     def top_items(self, out: Outputs, rq: Tensor, window: Tensor, k: int,
-                  exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                  n_known: int | None = None) -> tuple[Tensor, Tensor]:
         """Serving path: the k most probable next items (probabilities, indices), (B, k) each.
-        `exclude` (V,) bool marks indices never to recommend (padding, hash buckets). Same
-        mixture as `item_log_probs`, without materialising logs over the whole catalogue."""
+        With `n_known`, only indices 1..n_known (real catalogue items, not padding or hash
+        buckets) are recommended; the probabilities stay those of `item_log_probs`. Same mixture,
+        without materialising logs over the whole catalogue, and in place where it can be."""
         g = out.repeat_gate.unsqueeze(-1)
         att = self._repeat_attention(rq, window) * g
-        explore = torch.softmax(self.explore_logits(out), dim=-1) * (1 - att.sum(-1, keepdim=True))
-        p = explore.scatter_add(-1, window, att)
-        if exclude is not None:  # after the softmax: the probabilities stay those of item_log_probs
-            p = p.masked_fill(exclude, -1.0)
-        return p.topk(k, dim=-1)
+        p = torch.softmax(self.explore_logits(out), dim=-1)
+        p.mul_(1 - att.sum(-1, keepdim=True)).scatter_add_(-1, window, att)
+        if n_known is None:
+            return p.topk(k, dim=-1)
+        v, i = p[..., 1:1 + n_known].topk(min(k, n_known), dim=-1)
+        return v, i + 1
 
     def item_target_log_prob(self, out: Outputs, rq: Tensor, window: Tensor, target: Tensor,
                              negatives: Tensor | None = None,

@@ -75,7 +75,8 @@ class NegativeSampler:
         counts = np.bincount(train.item[train.item > 0], minlength=vocab)[:vocab].astype(np.float64)
         w = (counts + 1.0) ** alpha
         w[0] = 0.0  # never "no item"
-        return cls(torch.from_numpy(np.log(w / w.sum())).float().to(device), k)
+        with np.errstate(divide="ignore"):
+            return cls(torch.from_numpy(np.log(w / w.sum())).float().to(device), k)
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.multinomial(self.log_q.exp(), self.k, replacement=True)
@@ -138,10 +139,20 @@ def evaluate_loss(model: ClickstreamGRU, data: SeqData, tcfg: TrainConfig, devic
 
 
 def init_output_priors(model: ClickstreamGRU, train: SeqData) -> None:
-    """Start the action and item heads at the training label frequencies (log, add-one smoothed)
-    instead of uniform: the first epochs then learn structure instead of the base rates."""
+    """Start the action, item and churn heads at the training label rates (add-one smoothed)
+    instead of uniform: the first epochs then learn structure instead of the base rates, and a
+    small dataset that stops early still ends calibrated."""
     nxt = np.ones(len(train.action), bool)
     nxt[train.offsets[:-1][train.lengths() > 0]] = False  # first events are nobody's next event
+    last = np.roll(~nxt, -1)  # the last event of each row (the next one starts a row)
+    last[-1] = True
+    if train.has_time and len(train.ts):
+        next_ts = np.where(last, np.inf, np.roll(train.ts, -1))
+        observed = train.ts + model.cfg.churn_horizon_s <= train.end_ts
+        churned = (next_ts - train.ts > model.cfg.churn_horizon_s)[observed]
+        rate = (churned.sum() + 1.0) / (len(churned) + 2.0)
+        with torch.no_grad():
+            model.churn_head.bias.fill_(float(np.log(rate / (1 - rate))))
     with torch.no_grad():
         acts = np.bincount(train.action[nxt], minlength=model.cfg.n_actions)[: model.cfg.n_actions] + 1.0
         model.action_head.bias.copy_(torch.from_numpy(np.log(acts / acts.sum())).float())

@@ -144,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     quick = args.quick
     cfg = GRUConfig(n_items=0, n_categories=0, emb_dim=32 if quick else args.hidden,
                     hidden=32 if quick else args.hidden, churn_horizon_s=args.horizon,
-                    repeat_flag=True)
+                    repeat_flag=True, gap_buckets=True)
     tcfg = TrainConfig(epochs=3 if quick else args.epochs, max_seconds=args.max_seconds,
                        batch_tokens=1024 if quick else 4096)
     data_desc: dict = {"source": args.source}

@@ -41,8 +41,6 @@ class Predictor:
         self.items, self.categories = lm.items, lm.categories
         self.manifest = lm.manifest
         cfg = self.model.cfg
-        self.not_items = torch.ones(cfg.item_vocab, dtype=torch.bool, device=self.device)
-        self.not_items[1:1 + len(self.items)] = False  # recommend real catalogue items only
         self.k = min(self.top_k, len(self.items))
         self.cache = HiddenCache(self.cache_users, cfg.layers, cfg.hidden, self.device)
         self._item_idx: dict[str | None, int] = {None: 0}

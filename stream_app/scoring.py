@@ -92,6 +92,12 @@ def _flat(o: Outputs) -> Outputs:
     return Outputs(*(getattr(o, f.name).flatten(0, 1) for f in fields(o)))
 
 
+def _cat(outs: list[Outputs]) -> Outputs:
+    if len(outs) == 1:
+        return outs[0]
+    return Outputs(*(torch.cat([getattr(o, f.name) for o in outs]) for f in fields(Outputs)))
+
+
 class _Readout:
     """Turns model outputs for N events into Prediction objects."""
 
@@ -104,7 +110,7 @@ class _Readout:
         p = self.p
         probs = torch.softmax(out.action_logits, -1).cpu().numpy()
         churn = torch.sigmoid(out.churn_logit).cpu().tolist()
-        top_v, top_i = p.model.top_items(out, rq, window, p.k, p.not_items)
+        top_v, top_i = p.model.top_items(out, rq, window, p.k, len(p.items))
         top_v, top_i = top_v.cpu().tolist(), top_i.cpu().tolist()  # plain floats: cheap to serialise
         ids = self.ids
         for n, i in enumerate(idx):
@@ -136,13 +142,14 @@ def score_batch(p: Predictor, events: Sequence[Event], states: dict[str, UserSta
     for b, u in enumerate(users):
         if runs[u].applied:
             by_len.setdefault(len(runs[u].applied), []).append(b)
+    heads: list[tuple[list[int], Outputs, torch.Tensor, torch.Tensor]] = []
     for T, rows in by_len.items():
         stats["groups"] += 1
         steps = [s for b in rows for s in runs[users[b]].applied]  # row-major (B, T)
         x = _reshape(p.step_inputs([st.window for _, st, _ in steps], [ob.gap_s for _, _, ob in steps]),
                      len(rows), T)
         out, rq, h_n = p.model(x, h0[:, rows])
-        readout([i for i, _, _ in steps], _flat(out), rq.flatten(0, 1), x.window.flatten(0, 1), False)
+        heads.append(([i for i, _, _ in steps], _flat(out), rq.flatten(0, 1), x.window.flatten(0, 1)))
         h_fin[:, rows] = h_n
         h_host = h_n.transpose(0, 1).reshape(len(rows), -1).cpu().numpy()
         keep_u, keep_n = [], []
@@ -152,6 +159,9 @@ def score_batch(p: Predictor, events: Sequence[Event], states: dict[str, UserSta
             keep_u.append(users[b])
             keep_n.append(last.n_events)
         p.cache.store(keep_u, keep_n, p.version, h_n)
+    if heads:  # one readout for every group: the catalogue-wide top-K is the costly part
+        readout([i for h in heads for i in h[0]], _cat([h[1] for h in heads]),
+                torch.cat([h[2] for h in heads]), torch.cat([h[3] for h in heads]), False)
     replays = [(b, i) for b, u in enumerate(users) for i, _, _ in runs[u].replayed]
     if replays:
         # already applied: they get the prediction that followed the user's latest event (the

@@ -19,7 +19,7 @@ from stream_app.sources import simulated_events
 def make_registry(path: Path, users: int = 200, events: int = 6000, seed: int = 3) -> str:
     evs, _ = simulated_events(users, events, seed=seed)
     cfg = GRUConfig(n_items=0, n_categories=0, emb_dim=24, hidden=32, window=20, item_buckets=32,
-                    category_buckets=8, repeat_flag=True)
+                    category_buckets=8, repeat_flag=True, gap_buckets=True)
     tr = train_on_events(evs, cfg, TrainConfig(epochs=1, batch_tokens=2048), device="cpu")
     return save_version(path, tr.model, tr.items, tr.categories, {"source": "test"}, {})
 

@@ -14,7 +14,7 @@ from models.checkpoint import CheckpointError, current_version, load_version, sa
 from models.data import Vocab, batches, from_sequences, make_batch
 from models.gru import ClickstreamGRU, GRUConfig
 from models.metrics import expected_calibration_error, macro_f1, pr_auc, recall_mrr_at_k, roc_auc
-from models.train import run_incremental
+from models.train import init_output_priors, run_incremental
 
 CFG = GRUConfig(n_items=50, n_categories=5, item_buckets=8, category_buckets=4, emb_dim=16,
                 hidden=24, layers=2, window=6, churn_horizon_s=100.0, repeat_flag=True,
@@ -89,6 +89,22 @@ def test_training_loss_path_equals_full_distribution():
     torch.testing.assert_close(full.exp().sum(-1), torch.ones_like(fast), atol=1e-4, rtol=1e-4)
 
 
+def test_serving_top_items_are_the_top_of_the_full_distribution():
+    torch.manual_seed(5)
+    model = ClickstreamGRU(CFG).eval()
+    b = make_batch(random_data(5), list(range(12)), CFG)
+    with torch.no_grad():
+        out, rq, _ = model(b.x)
+        out = type(out)(*(getattr(out, f).flatten(0, 1) for f in out.__dataclass_fields__))
+        rq, win = rq.flatten(0, 1), b.x.window.flatten(0, 1)
+        full = model.item_log_probs(out, rq, win).exp()
+        v, i = model.top_items(out, rq, win, 7, n_known=CFG.n_items)
+    assert bool(((i >= 1) & (i <= CFG.n_items)).all())  # never padding or a hash bucket
+    torch.testing.assert_close(v, full.gather(1, i), atol=1e-6, rtol=1e-5)
+    ref = full[:, 1:1 + CFG.n_items].topk(7, dim=-1).values
+    torch.testing.assert_close(v, ref, atol=1e-6, rtol=1e-5)
+
+
 def test_sampled_softmax_is_exact_when_every_item_is_sampled_once():
     torch.manual_seed(2)
     model = ClickstreamGRU(CFG).eval()
@@ -105,6 +121,25 @@ def test_sampled_softmax_is_exact_when_every_item_is_sampled_once():
         rough = model.item_target_log_prob(out, rq, b.x.window, target, few, torch.zeros(5))
     torch.testing.assert_close(sampled, full, atol=1e-5, rtol=1e-5)
     assert bool((rough >= full - 1e-6).all()) and bool((rough > full + 1e-3).any())
+
+
+def test_heads_start_at_the_training_label_rates():
+    # two users: actions 0,2,2 and 0,5 (next actions: 2,2,5); item 3 follows twice, item 4 once;
+    # gaps 10 s, 500 s (horizon 100: churned), 50 s; the last events are censored or churned
+    nan = math.nan
+    data = from_sequences([[(0, 1, 0, 0.0, nan), (2, 3, 0, 10.0, nan), (2, 3, 0, 510.0, nan)],
+                           [(0, 2, 0, 0.0, nan), (5, 4, 0, 50.0, nan)]], has_time=True, end_ts=560.0)
+    model = ClickstreamGRU(CFG)
+    init_output_priors(model, data)
+    counts = np.ones(CFG.n_actions)
+    np.add.at(counts, [2, 2, 5], 1)
+    np.testing.assert_allclose(model.action_head.bias.detach().numpy(), np.log(counts / counts.sum()),
+                               rtol=1e-6)
+    bias = model.item_bias.detach().numpy()
+    assert bias[3] > bias[4] > bias[1]  # followed twice, once, never
+    # labelled (ts + 100 <= 560): t=0 (next in 10: stays), t=10 (next in 500: churned),
+    # t=0 (next in 50: stays), t=50 (no next: churned); add-one smoothing: (2+1)/(4+2)
+    assert model.churn_head.bias.item() == pytest.approx(math.log(0.5 / 0.5), abs=1e-6)
 
 
 def test_models_package_is_pure():
