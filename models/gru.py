@@ -134,7 +134,7 @@ class ClickstreamGRU(nn.Module):
         feats = torch.stack(cols, dim=-1).float()
         parts = [self.item_emb(x.item), self.action_emb(x.action), self.category_emb(x.category), feats]
         if self.cfg.gap_buckets:
-            bucket = torch.bucketize(x.log_gap.float(), self.gap_edges)
+            bucket = torch.bucketize(x.log_gap.float().contiguous(), self.gap_edges)
             parts.append(self.gap_emb(bucket * self.cfg.n_actions + x.action))
         z = torch.cat(parts, dim=-1)
         return self.drop(torch.tanh(self.input_proj(z)))
