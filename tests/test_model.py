@@ -75,12 +75,19 @@ def test_step_returns_new_state_and_never_mutates_input():
     assert torch.equal(h, h_before) and not torch.equal(h_new, h)
 
 
-def test_training_loss_path_equals_full_distribution():
-    torch.manual_seed(1)
+def _forward(seed: int):
+    """A random model's outputs over a random batch: (model, batch, outputs, repeat query)."""
+    torch.manual_seed(seed)
     model = ClickstreamGRU(CFG).eval()
-    b = make_batch(random_data(3), list(range(12)), CFG)
+    b = make_batch(random_data(seed), list(range(12)), CFG)
     with torch.no_grad():
         out, rq, _ = model(b.x)
+    return model, b, out, rq
+
+
+def test_training_loss_path_equals_full_distribution():
+    model, b, out, rq = _forward(3)
+    with torch.no_grad():
         full = model.item_log_probs(out, rq, b.x.window)
         target = torch.randint(1, CFG.item_vocab, b.x.item.shape)
         fast = model.item_target_log_prob(out, rq, b.x.window, target)
@@ -90,11 +97,8 @@ def test_training_loss_path_equals_full_distribution():
 
 
 def test_serving_top_items_are_the_top_of_the_full_distribution():
-    torch.manual_seed(5)
-    model = ClickstreamGRU(CFG).eval()
-    b = make_batch(random_data(5), list(range(12)), CFG)
+    model, b, out, rq = _forward(5)
     with torch.no_grad():
-        out, rq, _ = model(b.x)
         out = type(out)(*(getattr(out, f).flatten(0, 1) for f in out.__dataclass_fields__))
         rq, win = rq.flatten(0, 1), b.x.window.flatten(0, 1)
         full = model.item_log_probs(out, rq, win).exp()
@@ -106,11 +110,8 @@ def test_serving_top_items_are_the_top_of_the_full_distribution():
 
 
 def test_sampled_softmax_is_exact_when_every_item_is_sampled_once():
-    torch.manual_seed(2)
-    model = ClickstreamGRU(CFG).eval()
-    b = make_batch(random_data(4), list(range(12)), CFG)
+    model, b, out, rq = _forward(4)
     with torch.no_grad():
-        out, rq, _ = model(b.x)
         target = torch.randint(1, CFG.item_vocab, b.x.item.shape)
         full = model.item_target_log_prob(out, rq, b.x.window, target)
         every = torch.arange(CFG.item_vocab)  # q uniform over V, drawn V times: K q = 1
