@@ -28,7 +28,7 @@ from stream_app.simulator import SimConfig, history_p_churn
 from stream_app.sources import simulated_events
 
 from .baselines import fit_logistic, position_features, predict_logistic, rf_design
-from .common import DEFAULT_DATA, environment, stderr_progress, write_json
+from .common import DEFAULT_DATA, benchmark_args, environment, stderr_progress, write_json
 
 
 def rf_baseline(tr: Trained) -> np.ndarray:
@@ -93,10 +93,8 @@ def purchases(args: argparse.Namespace, tcfg: TrainConfig, cfg: GRUConfig) -> di
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = benchmark_args(__doc__, "churn")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA / "diginetica_raw")
-    ap.add_argument("--json", default="benchmarks/results/churn.json")
-    ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--users", type=int, default=3000)
     ap.add_argument("--events", type=int, default=300_000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -13,6 +14,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
+
+
+def benchmark_args(doc: str | None, name: str) -> argparse.ArgumentParser:
+    """The options every benchmark shares: --quick (smoke-test size) and --json (its result file)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke-test size (the test suite runs this)")
+    ap.add_argument("--json", default=f"benchmarks/results/{name}.json")
+    return ap
 
 
 def git_sha() -> str:

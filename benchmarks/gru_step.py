@@ -9,7 +9,6 @@ user's hidden state gathered from and scattered back to a device-resident table 
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 
 from models.gru import ClickstreamGRU, Events, GRUConfig
 
-from .common import environment, write_json
+from .common import benchmark_args, environment, write_json
 
 
 def random_events(B: int, T: int | None, cfg: GRUConfig, device: torch.device) -> Events:
@@ -93,9 +92,7 @@ def history(model: ClickstreamGRU, device: torch.device, lengths: list[int], B: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", default="benchmarks/results/gru_step.json")
+    ap = benchmark_args(__doc__, "gru_step")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--users", type=int, default=1_000_000)
     args = ap.parse_args(argv)

@@ -14,7 +14,6 @@ prior-corrected argmax p(c)/prior(c) is reported too; it rewards coarse probabil
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -29,14 +28,12 @@ from models.recipes import train_on_events
 from models.train import TrainConfig, pick_device
 
 from .baselines import action_markov, position_features
-from .common import DEFAULT_DATA, environment, stderr_progress, write_json
+from .common import DEFAULT_DATA, benchmark_args, environment, stderr_progress, write_json
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = benchmark_args(__doc__, "next_action")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA / "taobao_slice")
-    ap.add_argument("--json", default="benchmarks/results/next_action.json")
-    ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--hidden", type=int, default=32)

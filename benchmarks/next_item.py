@@ -10,7 +10,6 @@ the same rows.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -24,7 +23,7 @@ from models.gru import GRUConfig
 from models.metrics import recall_mrr_at_k
 from models.train import TrainConfig, fit, pick_device, run_incremental
 
-from .common import DEFAULT_DATA, environment, stderr_progress, write_json
+from .common import DEFAULT_DATA, benchmark_args, environment, stderr_progress, write_json
 
 PUBLISHED = {  # P@20, MRR@20 on exactly this split
     "POP": (0.89, 0.20), "S-POP": (21.06, 13.68), "Item-KNN": (35.75, 11.57),
@@ -91,10 +90,8 @@ def gru_ranks(model, items: Vocab, test, device, batch: int = 2048) -> np.ndarra
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = benchmark_args(__doc__, "next_item")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA / "diginetica")
-    ap.add_argument("--json", default="benchmarks/results/next_item.json")
-    ap.add_argument("--quick", action="store_true", help="small CPU run for the test suite")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--max-seconds", type=float, default=None, help="training wall-clock budget")

@@ -8,7 +8,6 @@ Kafka is left out on purpose: this isolates how state size changes the per-event
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 import time
@@ -24,7 +23,7 @@ from stream_app.scoring import score_batch
 from stream_app.simulator import SimConfig
 from stream_app.state import StateLimits, UserState, WindowEvent, decode, encode
 
-from .common import environment, write_json
+from .common import benchmark_args, environment, write_json
 from .throughput import make_model
 
 
@@ -62,9 +61,7 @@ def run(p: Predictor, db: Rdict, n_users: int, events: int, batch: int,
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", default="benchmarks/results/scaling.json")
+    ap = benchmark_args(__doc__, "scaling")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--events", type=int, default=30_000)
     args = ap.parse_args(argv)

@@ -15,7 +15,6 @@ at a time:
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -36,7 +35,7 @@ from stream_app import broker
 from stream_app.admin import ensure_topics
 from stream_app.simulator import SimConfig, messages
 
-from .common import environment, write_json
+from .common import benchmark_args, environment, write_json
 
 MODES = ("raw", "faust_passthrough", "naive", "pipeline")
 PARTITIONS = 8
@@ -213,9 +212,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", default="benchmarks/results/throughput.json")
+    ap = benchmark_args(__doc__, "throughput")
     ap.add_argument("--events", type=int, default=60_000)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--modes", default=",".join(MODES))

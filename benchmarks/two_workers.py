@@ -6,7 +6,6 @@ same run, and how Faust split the partitions between them (from each worker's /m
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import tempfile
@@ -20,7 +19,7 @@ from stream_app import broker
 from stream_app.admin import ensure_topics
 from stream_app.simulator import SimConfig, messages
 
-from .common import environment, write_json
+from .common import benchmark_args, environment, write_json
 from .throughput import PARTITIONS, end_count, make_model, preload, start_mode, stop
 
 
@@ -65,9 +64,7 @@ def run(bs: str, ns: str, workers: int, msgs: list, model_dir: Path, work: Path,
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", default="benchmarks/results/two_workers.json")
+    ap = benchmark_args(__doc__, "two_workers")
     ap.add_argument("--events", type=int, default=40_000)
     ap.add_argument("--torch-threads", type=int, default=1, help="per worker, both runs")
     args = ap.parse_args(argv)

@@ -191,27 +191,25 @@ class ClickstreamGRU(nn.Module):
             return torch.addmm(self.item_bias, q, self.item_emb.weight.t())
         return q @ self.item_emb.weight.t() + self.item_bias
 
+    def next_item_probs(self, out: Outputs, rq: Tensor, window: Tensor) -> Tensor:
+        """The full next-item distribution (..., V): the gate's share on the user's window
+        (repeat), the rest spread by the explore softmax (all of it when the window is empty).
+        Inference only (computed in place, it is the serving hot path); training uses
+        `item_target_log_prob`."""
+        att = self._repeat_attention(rq, window) * out.repeat_gate.unsqueeze(-1)
+        p = torch.softmax(self.explore_logits(out), dim=-1)
+        return p.mul_(1 - att.sum(-1, keepdim=True)).scatter_add_(-1, window, att)
+
     def item_log_probs(self, out: Outputs, rq: Tensor, window: Tensor) -> Tensor:
-        """Full next-item log-distribution (..., V): gate * repeat + (1 - gate) * explore."""
-        g = out.repeat_gate.unsqueeze(-1)
-        explore = torch.softmax(self.explore_logits(out), dim=-1) * (1 - g)
-        att = self._repeat_attention(rq, window) * g
-        # an empty window puts the gate's mass nowhere: hand it back to explore
-        explore = explore / explore.sum(-1, keepdim=True).clamp_min(1e-12) * (
-            1 - att.sum(-1, keepdim=True))
-        p = explore.scatter_add(-1, window, att)
-        return torch.log(p.clamp_min(1e-30))
+        """log of `next_item_probs` (..., V)."""
+        return torch.log(self.next_item_probs(out, rq, window).clamp_min(1e-30))
 
     def top_items(self, out: Outputs, rq: Tensor, window: Tensor, k: int,
                   n_known: int | None = None) -> tuple[Tensor, Tensor]:
         """Serving path: the k most probable next items (probabilities, indices), (B, k) each.
         With `n_known`, only indices 1..n_known (real catalogue items, not padding or hash
-        buckets) are recommended; the probabilities stay those of `item_log_probs`. Same mixture,
-        without materialising logs over the whole catalogue, and in place where it can be."""
-        g = out.repeat_gate.unsqueeze(-1)
-        att = self._repeat_attention(rq, window) * g
-        p = torch.softmax(self.explore_logits(out), dim=-1)
-        p.mul_(1 - att.sum(-1, keepdim=True)).scatter_add_(-1, window, att)
+        buckets) are recommended; the probabilities stay those of `next_item_probs`."""
+        p = self.next_item_probs(out, rq, window)
         if n_known is None:
             return p.topk(k, dim=-1)
         v, i = p[..., 1:1 + n_known].topk(min(k, n_known), dim=-1)

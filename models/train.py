@@ -66,7 +66,7 @@ class LossParts:
 class NegativeSampler:
     """Shared negatives for a sampled softmax: K item indices per batch, from popularity^alpha."""
 
-    log_q: torch.Tensor  # (V,) log-probability of drawing each index
+    q: torch.Tensor  # (V,) probability of drawing each index
     k: int
 
     @classmethod
@@ -75,13 +75,12 @@ class NegativeSampler:
         counts = np.bincount(train.item[train.item > 0], minlength=vocab)[:vocab].astype(np.float64)
         w = (counts + 1.0) ** alpha
         w[0] = 0.0  # never "no item"
-        with np.errstate(divide="ignore"):
-            return cls(torch.from_numpy(np.log(w / w.sum())).float().to(device), k)
+        return cls(torch.from_numpy(w / w.sum()).float().to(device), k)
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.multinomial(self.log_q.exp(), self.k, replacement=True)
-        # with replacement: K draws estimate K * q(j) of each index
-        return idx, self.log_q[idx] + math.log(self.k)
+        """(indices (K,), log(K q(index)) (K,)): with replacement, K draws expect K q(j) of j."""
+        idx = torch.multinomial(self.q, self.k, replacement=True)
+        return idx, torch.log(self.q[idx] * self.k)
 
 
 def batch_losses(model: ClickstreamGRU, b: Batch, mask: torch.Tensor | None = None,
@@ -138,30 +137,28 @@ def evaluate_loss(model: ClickstreamGRU, data: SeqData, tcfg: TrainConfig, devic
     return means
 
 
-def init_output_priors(model: ClickstreamGRU, train: SeqData) -> None:
+def init_output_priors(model: ClickstreamGRU, train: SeqData, batch_tokens: int = 4096) -> None:
     """Start the action, item and churn heads at the training label rates (add-one smoothed)
     instead of uniform: the first epochs then learn structure instead of the base rates, and a
-    small dataset that stops early still ends calibrated."""
-    nxt = np.ones(len(train.action), bool)
-    nxt[train.offsets[:-1][train.lengths() > 0]] = False  # first events are nobody's next event
-    last = np.roll(~nxt, -1)  # the last event of each row (the next one starts a row)
-    last[-1] = True
-    if train.has_time and len(train.ts):
-        next_ts = np.where(last, np.inf, np.roll(train.ts, -1))
-        observed = train.ts + model.cfg.churn_horizon_s <= train.end_ts
-        churned = (next_ts - train.ts > model.cfg.churn_horizon_s)[observed]
-        rate = (churned.sum() + 1.0) / (len(churned) + 2.0)
-        with torch.no_grad():
-            model.churn_head.bias.fill_(float(np.log(rate / (1 - rate))))
+    small dataset that stops early still ends calibrated. Labels as `make_batch` defines them."""
+    cfg = model.cfg
+    acts, items = np.ones(cfg.n_actions), np.ones(cfg.item_vocab)
+    has_items, churned, labelled = False, 1.0, 2.0  # add-one: (churned + 1) / (labelled + 2)
+    for b in batches(train, cfg, batch_tokens, shuffle=False):
+        acts += np.bincount(b.next_action[b.next_action != IGNORE].numpy(), minlength=cfg.n_actions)
+        nxt = b.next_item[b.next_item > 0].numpy()
+        items += np.bincount(nxt, minlength=cfg.item_vocab)
+        has_items |= len(nxt) > 0
+        c = b.churn[b.churn >= 0].numpy()
+        churned, labelled = churned + float(c.sum()), labelled + len(c)
     with torch.no_grad():
-        acts = np.bincount(train.action[nxt], minlength=model.cfg.n_actions)[: model.cfg.n_actions] + 1.0
         model.action_head.bias.copy_(torch.from_numpy(np.log(acts / acts.sum())).float())
-        items = train.item[nxt]
-        items = items[items > 0]
-        if len(items):
-            counts = np.bincount(items, minlength=model.cfg.item_vocab)[: model.cfg.item_vocab] + 1.0
-            logp = np.log(counts / counts.sum())
+        if has_items:
+            logp = np.log(items / items.sum())
             model.item_bias.copy_(torch.from_numpy(logp - logp.mean()).float())
+        if labelled > 2.0:
+            rate = churned / labelled
+            model.churn_head.bias.fill_(float(np.log(rate / (1 - rate))))
 
 
 def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig,
@@ -175,7 +172,7 @@ def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig
     set_seed(tcfg.seed)
     dev = pick_device(device)
     model = ClickstreamGRU(cfg)
-    init_output_priors(model, train)
+    init_output_priors(model, train, tcfg.batch_tokens)
     model = model.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     rng = np.random.default_rng(tcfg.seed)

@@ -190,8 +190,7 @@ def history_p_churn(events: Iterable[dict[str, Any]], cfg: SimConfig, grid: int 
     gap to the ceiling is learnable at all. `events` in time order; returns one p per event."""
     e = (np.arange(grid) + 0.5) / grid
     log_prior = np.log(e) + np.log1p(-e)  # Beta(2, 2), unnormalised
-    sim = Storefront.__new__(Storefront)  # only the process's formulas, no catalogue
-    sim.cfg = cfg
+    sim = Storefront(cfg)  # its formulas; the catalogue plays no part
     log_cont = {a: np.log(sim.continue_p(a, e)) for a in CONTINUE_BASE}
     log_end_return = {a: np.log1p(-sim.continue_p(a, e)) + np.log(sim.return_p(e)) for a in CONTINUE_BASE}
     log_next = {}
