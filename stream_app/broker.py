@@ -250,3 +250,65 @@ def status(data_dir: Path) -> tuple[BrokerInfo | None, bool]:
     if info is None or not _alive(info.pid):
         return info, False
     return info, broker_responds(info.bootstrap)
+
+
+# --- faults: a crash and a restart on the same data dir (fault-scenario tests, benchmarks) -------
+def kill(data_dir: Path, timeout_s: float = 30.0) -> BrokerInfo | None:
+    """SIGKILL the recorded broker: a crash, no controlled shutdown. The data dir (cluster, topics,
+    committed offsets) stays, so `restart` brings the same cluster back. Returns what was recorded."""
+    data_dir = data_dir.resolve()
+    info = _read_state(data_dir)
+    if info is None or not _alive(info.pid):
+        return info
+    os.kill(info.pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while _alive(info.pid) and time.monotonic() < deadline:
+        _reap(info.pid)
+        time.sleep(0.05)
+    (data_dir / STATE_FILE).unlink(missing_ok=True)
+    return info
+
+
+def restart(data_dir: Path, timeout_s: float = 90.0, heap: str = "768m") -> BrokerInfo:
+    """Start a stopped (`down`) or crashed (`kill`) broker again on its existing data dir, with the
+    same ports and cluster id: unlike `up`, nothing is formatted or deleted. Returns once a client
+    call succeeds."""
+    data_dir = data_dir.resolve()
+    existing = _read_state(data_dir)
+    if existing and _alive(existing.pid):
+        raise BrokerError(f"a broker (pid {existing.pid}) is still running in {data_dir}")
+    props = data_dir / "server.properties"
+    if not props.exists():
+        raise BrokerError(f"no broker was ever started in {data_dir} (no server.properties)")
+    listeners = next(line.split("=", 1)[1] for line in props.read_text().splitlines()
+                     if line.startswith("listeners="))
+    ports = {name: int(addr.rsplit(":", 1)[1])
+             for name, addr in (entry.split("://", 1) for entry in listeners.split(","))}
+    port, controller_port = ports["PLAINTEXT"], ports["CONTROLLER"]
+    deadline = time.monotonic() + timeout_s
+    while not (_port_is_free(port) and _port_is_free(controller_port)):  # a crashed JVM's sockets
+        if time.monotonic() > deadline:
+            raise BrokerError(f"ports {port}/{controller_port} are still in use")
+        time.sleep(0.2)
+    server_log = data_dir / "server.log"
+    seen = server_log.stat().st_size if server_log.exists() else 0  # readiness: only new lines
+    stdout = open(data_dir / "stdout.log", "ab")  # noqa: SIM115 - owned by the child
+    proc = subprocess.Popen(
+        ["java", f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:TieredStopAtLevel=1",
+         f"-Dlog4j2.configurationFile={DEPLOY_DIR / 'log4j2.properties'}",
+         f"-Dkafka.logs.file={server_log}", "-cp", f"{resolve_jars()}/*", "kafka.Kafka", str(props)],
+        stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    info = BrokerInfo(pid=proc.pid, port=port, controller_port=controller_port, data_dir=str(data_dir))
+    (data_dir / STATE_FILE).write_text(json.dumps(info.__dict__))
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BrokerError(f"restarted broker exited with {proc.returncode}; see {data_dir}/stdout.log")
+        if server_log.exists():
+            with open(server_log, "rb") as fh:
+                fh.seek(seen if server_log.stat().st_size >= seen else 0)  # rolled over
+                if b"Kafka Server started" in fh.read() and broker_responds(info.bootstrap):
+                    return info
+        time.sleep(0.3)
+    down(data_dir)
+    raise BrokerError(f"restarted broker did not become ready within {timeout_s:.0f}s; see {server_log}")

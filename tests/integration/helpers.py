@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,6 +33,15 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def kill(self) -> int:
+        """SIGKILL: a crash, nothing flushed, no LeaveGroup."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return self.proc.wait()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -45,15 +55,16 @@ class WorkerProcess:
 
 def start_worker(bootstrap: str, namespace: str, tmp: Path, *, extra_args: list[str] | None = None,
                  env: dict[str, str] | None = None, app_id: str | None = None,
-                 ready_timeout: float = 90.0) -> WorkerProcess:
-    """`stream-app worker` as a real process; returns once it has its partitions assigned."""
+                 ready_timeout: float = 90.0, data_dir: Path | None = None) -> WorkerProcess:
+    """`stream-app worker` as a real process; returns once it has its partitions assigned.
+    `data_dir` (default `tmp/worker-data`): give each of several workers its own."""
     port = free_port()
     log_path = tmp / f"worker-{port}.log"
     full_env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, CLICKSTREAM_NAMESPACE=namespace,
                     CLICKSTREAM_APP_ID=app_id or f"{namespace}app", PYTHONUNBUFFERED="1",
                     **(env or {}))
     cmd = [sys.executable, "-m", "stream_app.cli", "worker", "--web-port", str(port),
-           "--data-dir", str(tmp / "worker-data"), *(extra_args or [])]
+           "--data-dir", str(data_dir or tmp / "worker-data"), *(extra_args or [])]
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
     w = WorkerProcess(proc, port, log_path, full_env)
@@ -100,3 +111,18 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0,
         return records
     finally:
         consumer.close()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """One sample from a Prometheus text page (labels must match those given), or None."""
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        sample, _, label_text = head.partition("{")
+        if sample != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', label_text))
+        if all(have.get(k) == v for k, v in labels.items()):
+            return float(value)
+    return None
