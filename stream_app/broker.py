@@ -269,6 +269,18 @@ def kill(data_dir: Path, timeout_s: float = 30.0) -> BrokerInfo | None:
     return info
 
 
+def _listen_possible(port: int) -> bool:
+    """Whether a server socket can bind the port as the JVM does (SO_REUSEADDR: connections a
+    killed broker left in TIME_WAIT do not block it, a live listener does)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def restart(data_dir: Path, timeout_s: float = 90.0, heap: str = "768m") -> BrokerInfo:
     """Start a stopped (`down`) or crashed (`kill`) broker again on its existing data dir, with the
     same ports and cluster id: unlike `up`, nothing is formatted or deleted. Returns once a client
@@ -286,7 +298,7 @@ def restart(data_dir: Path, timeout_s: float = 90.0, heap: str = "768m") -> Brok
              for name, addr in (entry.split("://", 1) for entry in listeners.split(","))}
     port, controller_port = ports["PLAINTEXT"], ports["CONTROLLER"]
     deadline = time.monotonic() + timeout_s
-    while not (_port_is_free(port) and _port_is_free(controller_port)):  # a crashed JVM's sockets
+    while not (_listen_possible(port) and _listen_possible(controller_port)):  # a dying JVM's
         if time.monotonic() > deadline:
             raise BrokerError(f"ports {port}/{controller_port} are still in use")
         time.sleep(0.2)

@@ -350,7 +350,11 @@ def restart_timed(tail_topic: str, bootstrap: str, start: Callable[[], WorkerPro
         t0 = time.monotonic()
         w = start()
         ready = time.monotonic() - t0
-        hit = tail.first(t0, timeout)
+        try:
+            hit = tail.first(t0, timeout)
+        except BaseException:
+            w.stop()  # never leave a worker behind
+            raise
     finally:
         tail.close()
     return w, {"fault": fault, "restart_to_ready_s": round(ready, 3),

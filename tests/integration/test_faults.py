@@ -276,8 +276,11 @@ def test_hostile_input_ends_as_predictions_or_dead_letters_and_cannot_erase_stat
     assert rss < 2 << 30, f"worker RSS {rss / 2**20:.0f} MiB"
 
     outcome, unaccounted, dlq, preds = _classify(kafka_bootstrap, s, sent)
-    assert not unaccounted, f"{len(unaccounted)} messages neither predicted nor dead-lettered: " \
-                            f"{[(m[0], m[3][:80]) for m in unaccounted[:10]]}\n{log_tail}"
+    first_stuck = {}  # per partition, the earliest message without an outcome: the likely culprit
+    for m in sorted(unaccounted, key=lambda m: m[4]):
+        first_stuck.setdefault(m[4][0], (m[0], m[4], m[2], m[3][:120]))
+    assert not unaccounted, f"{len(unaccounted)} messages neither predicted nor dead-lettered; " \
+                            f"first per partition: {first_stuck}\n{log_tail}"
     # one for one: distinct dead letters (by source offset) + predicted messages == messages sent
     n_dlq = sum(1 for o in outcome.values() if o[0] == "dlq")
     n_pred = sum(1 for o in outcome.values() if o[0] == "predict")
