@@ -48,6 +48,15 @@ class GRUConfig:
     # also embed (action, gap bucket) pairs (GAP_EDGES_S): "carted 5 s after the last click" and
     # "carted after a day away" are different situations, whatever the rest of the history says
     gap_buckets: bool = False
+    # next-item readout (defaults keep older checkpoints loadable; benchmarks turn them on):
+    # attend over the user's window (item embeddings + distance-from-newest positions) next to
+    # the GRU state, as NARM/STAMP/SR-GNN read a session out
+    window_attention: bool = False
+    # cosine scoring: L2-normalised item query and output item embeddings, logits scaled by
+    # `cosine_scale` (NISER, SGNN-HN): popular items stop winning on embedding norm alone
+    cosine: bool = False
+    cosine_scale: float = 16.0
+    repeat_head: bool = True  # False: no repeat channel (gate fixed at 0), for ablations
 
     @property
     def item_vocab(self) -> int:
@@ -111,7 +120,14 @@ class ClickstreamGRU(nn.Module):
         self.gru = nn.GRU(E, H, num_layers=cfg.layers, batch_first=True)
         self.action_head = nn.Linear(H, cfg.n_actions)
         self.churn_head = nn.Linear(H + 1, 1)
-        self.item_query = nn.Linear(H, E)  # explore: scored against the tied item embeddings
+        read = H
+        if cfg.window_attention:
+            self.att_state = nn.Linear(H, E)
+            self.att_item = nn.Linear(E, E, bias=False)
+            self.att_pos = nn.Parameter(torch.zeros(cfg.window, E))  # slot W-1 is the newest event
+            self.att_v = nn.Linear(E, 1, bias=False)
+            read = H + E
+        self.item_query = nn.Linear(read, E)  # explore: scored against the tied item embeddings
         self.item_bias = nn.Parameter(torch.zeros(cfg.item_vocab))
         self.repeat_query = nn.Linear(H, E)
         self.recency = nn.Parameter(torch.zeros(cfg.window))  # bias by position in the window
@@ -139,14 +155,30 @@ class ClickstreamGRU(nn.Module):
         z = torch.cat(parts, dim=-1)
         return self.drop(torch.tanh(self.input_proj(z)))
 
+    def _window_context(self, o: Tensor, window: Tensor) -> Tensor:
+        """(..., E): additive attention of the state `o` (..., H) over the window's items, keyed
+        by item and by distance from the newest event (empty slots excluded)."""
+        w_emb = self.item_emb(window)  # (..., W, E)
+        keys = self.att_item(w_emb) + self.att_pos + self.att_state(o).unsqueeze(-2)
+        scores = self.att_v(torch.sigmoid(keys)).squeeze(-1).masked_fill(window == 0, float("-inf"))
+        att = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)  # all-empty window -> 0
+        return (att.unsqueeze(-1) * w_emb).sum(-2)
+
     def _heads(self, o: Tensor, x: Events) -> Outputs:
         o = self.drop(o)
         churn_in = torch.cat([o, x.log_gap.unsqueeze(-1).float()], dim=-1)
+        read = o
+        if self.cfg.window_attention:
+            read = torch.cat([o, self.drop(self._window_context(o, x.window))], dim=-1)
+        q = self.item_query(read)
+        if self.cfg.cosine:
+            q = F.normalize(q, dim=-1) * self.cfg.cosine_scale
         return Outputs(
             action_logits=self.action_head(o),
             churn_logit=self.churn_head(churn_in).squeeze(-1),
-            item_query=self.item_query(o),
-            repeat_gate=torch.sigmoid(self.gate(o).squeeze(-1)),
+            item_query=q,
+            repeat_gate=(torch.sigmoid(self.gate(o).squeeze(-1)) if self.cfg.repeat_head
+                         else o.new_zeros(o.shape[:-1])),
         ), self.repeat_query(o)  # type: ignore[return-value]
 
     # --- entry points -----------------------------------------------------------------------
@@ -184,12 +216,29 @@ class ClickstreamGRU(nn.Module):
         att = torch.softmax(scores, dim=-1)
         return torch.nan_to_num(att, nan=0.0)  # all-empty window -> zeros
 
+    def output_embeddings(self, idx: Tensor | None = None) -> Tensor:
+        """Item embeddings as the explore head scores them (unit length with `cosine`): all of
+        them (V, E), or those of `idx` (..., E). In inference the normalised table is computed
+        once per weight version, not per call (it is the serving hot path)."""
+        w = self.item_emb.weight
+        if not self.cfg.cosine:
+            return w if idx is None else self.item_emb(idx)
+        if idx is not None:
+            return F.normalize(self.item_emb(idx), dim=-1)
+        if torch.is_grad_enabled() and w.requires_grad:
+            return F.normalize(w, dim=-1)
+        key = (w.data_ptr(), w._version, w.device)
+        cache = self.__dict__.get("_unit_items")
+        if cache is None or cache[0] != key:
+            cache = self.__dict__["_unit_items"] = (key, F.normalize(w.detach(), dim=-1))
+        return cache[1]
+
     def explore_logits(self, out: Outputs) -> Tensor:
         """(..., V) scores over every item index, tied to the input embeddings."""
-        q = out.item_query
+        q, w = out.item_query, self.output_embeddings()
         if q.dim() == 2:  # one fused multiply-add (the serving path)
-            return torch.addmm(self.item_bias, q, self.item_emb.weight.t())
-        return q @ self.item_emb.weight.t() + self.item_bias
+            return torch.addmm(self.item_bias, q, w.t())
+        return q @ w.t() + self.item_bias
 
     def next_item_probs(self, out: Outputs, rq: Tensor, window: Tensor) -> Tensor:
         """The full next-item distribution (..., V): the gate's share on the user's window
@@ -229,8 +278,9 @@ class ClickstreamGRU(nn.Module):
             log_explore = torch.log_softmax(logits, dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
         else:
             assert neg_log_q is not None
-            pos = (out.item_query * self.item_emb(target)).sum(-1) + self.item_bias[target]
-            neg = out.item_query @ self.item_emb(negatives).t() + self.item_bias[negatives] - neg_log_q
+            pos = (out.item_query * self.output_embeddings(target)).sum(-1) + self.item_bias[target]
+            neg = (out.item_query @ self.output_embeddings(negatives).t() + self.item_bias[negatives]
+                   - neg_log_q)
             neg = neg.masked_fill(negatives == target.unsqueeze(-1), float("-inf"))
             log_explore = pos - torch.logsumexp(torch.cat([pos.unsqueeze(-1), neg], dim=-1), dim=-1)
         att = self._repeat_attention(rq, window)

@@ -41,6 +41,10 @@ class TrainConfig:
     # > 0: train the item head with a sampled softmax over this many negatives per batch, drawn
     # from item popularity^0.75 (validation and evaluation always use the full softmax)
     sampled_negatives: int = 0
+    # where the sampled softmax's negatives come from: "popularity" (K draws from popularity^0.75)
+    # or "in_batch" (the batch's own next items, each once, as in two-tower retrieval training)
+    negatives_from: str = "popularity"
+    lr_decay: float = 1.0  # the learning rate is multiplied by this after every epoch
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -68,19 +72,30 @@ class NegativeSampler:
 
     q: torch.Tensor  # (V,) probability of drawing each index
     k: int
+    in_batch: bool = False
+    unigram: torch.Tensor | None = None  # (V,) next-item frequencies (in-batch inclusion odds)
 
     @classmethod
     def from_data(cls, train: SeqData, vocab: int, k: int, alpha: float = 0.75,
-                  device: torch.device | str = "cpu") -> NegativeSampler:
+                  device: torch.device | str = "cpu", in_batch: bool = False) -> NegativeSampler:
         counts = np.bincount(train.item[train.item > 0], minlength=vocab)[:vocab].astype(np.float64)
         w = (counts + 1.0) ** alpha
         w[0] = 0.0  # never "no item"
-        return cls(torch.from_numpy(w / w.sum()).float().to(device), k)
+        uni = torch.from_numpy(counts / max(counts.sum(), 1.0)).float().to(device)
+        return cls(torch.from_numpy(w / w.sum()).float().to(device), k, in_batch, uni)
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(indices (K,), log(K q(index)) (K,)): with replacement, K draws expect K q(j) of j."""
         idx = torch.multinomial(self.q, self.k, replacement=True)
         return idx, torch.log(self.q[idx] * self.k)
+
+    def from_targets(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """In-batch negatives: each distinct target once, with log P(j is among the N targets)."""
+        assert self.unigram is not None
+        idx = torch.unique(targets)
+        p = self.unigram[idx].clamp_min(1e-12).double()
+        incl = -torch.expm1(len(targets) * torch.log1p(-p))  # 1 - (1 - p)^N
+        return idx, torch.log(incl.clamp_min(1e-12)).float()
 
 
 def batch_losses(model: ClickstreamGRU, b: Batch, mask: torch.Tensor | None = None,
@@ -97,7 +112,10 @@ def batch_losses(model: ClickstreamGRU, b: Batch, mask: torch.Tensor | None = No
         idx = m_item.nonzero(as_tuple=True)
         sub = type(out)(out.action_logits[idx], out.churn_logit[idx], out.item_query[idx],
                         out.repeat_gate[idx])
-        neg, neg_log_q = sampler.draw() if sampler is not None else (None, None)
+        neg, neg_log_q = None, None
+        if sampler is not None:
+            neg, neg_log_q = (sampler.from_targets(b.next_item[idx]) if sampler.in_batch
+                              else sampler.draw())
         item = -model.item_target_log_prob(sub, rq[idx], b.x.window[idx], b.next_item[idx],
                                            neg, neg_log_q).mean()
     action = F.cross_entropy(out.action_logits[m_act], b.next_action[m_act]) if m_act.any() else zero
@@ -176,7 +194,8 @@ def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig
     model = model.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     rng = np.random.default_rng(tcfg.seed)
-    sampler = (NegativeSampler.from_data(train, cfg.item_vocab, tcfg.sampled_negatives, device=dev)
+    sampler = (NegativeSampler.from_data(train, cfg.item_vocab, tcfg.sampled_negatives, device=dev,
+                                         in_batch=tcfg.negatives_from == "in_batch")
                if tcfg.sampled_negatives else None)
     best, best_state, bad_epochs = math.inf, None, 0
     history = []
@@ -204,6 +223,8 @@ def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig
                         "elapsed_s": time.monotonic() - t0})
         if progress:
             progress({"epoch": epoch, "done": True, **history[-1]})
+        for group in opt.param_groups:
+            group["lr"] *= tcfg.lr_decay
         if score < best - 1e-4:
             best, best_state, bad_epochs = score, copy.deepcopy(model.state_dict()), 0
         else:

@@ -1,0 +1,102 @@
+"""The next-item readout options (window attention, cosine scoring, no repeat channel, in-batch
+negatives) keep the model's contracts: step == forward, the training loss path equals the full
+distribution, serving's top-K is the top of that distribution."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from models.data import make_batch
+from models.gru import ClickstreamGRU
+from models.train import NegativeSampler, batch_losses, run_incremental
+
+from .test_model import CFG, random_data
+
+VARIANTS = {
+    "attention+cosine": replace(CFG, window_attention=True, cosine=True, cosine_scale=12.0),
+    "attention": replace(CFG, window_attention=True),
+    "cosine, no repeat": replace(CFG, cosine=True, repeat_head=False),
+}
+
+
+def _model(cfg, seed=0):
+    torch.manual_seed(seed)
+    return ClickstreamGRU(cfg).eval()
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_step_equals_forward_and_loss_path_equals_full_distribution(name):
+    cfg = VARIANTS[name]
+    model = _model(cfg)
+    data = random_data(seed=1)
+    b = make_batch(data, list(range(len(data))), cfg)
+    with torch.no_grad():
+        out, rq, _ = model(b.x)
+        full = model.item_log_probs(out, rq, b.x.window)
+        target = torch.randint(1, cfg.item_vocab, b.x.item.shape)
+        fast = model.item_target_log_prob(out, rq, b.x.window, target)
+    torch.testing.assert_close(fast, full.gather(-1, target.unsqueeze(-1)).squeeze(-1),
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(full.exp().sum(-1), torch.ones_like(fast), atol=1e-4, rtol=1e-4)
+    got = {}
+
+    def collect(rows, pos, o, q, win):
+        lp = model.item_log_probs(o, q, win)
+        for i, (r, t) in enumerate(zip(rows, pos, strict=True)):
+            got[(int(r), int(t))] = lp[i]
+
+    run_incremental(model, data, np.arange(len(data)), collect, "cpu")
+    assert len(got) == int(b.valid.sum())
+    for (r, t), lp in got.items():
+        torch.testing.assert_close(lp, full[r, t], atol=1e-5, rtol=1e-5)
+    if not cfg.repeat_head:
+        assert float(out.repeat_gate.abs().max()) == 0.0
+
+
+def test_cosine_scores_are_bounded_and_the_cached_table_follows_the_weights():
+    cfg = VARIANTS["attention+cosine"]
+    model = _model(cfg)
+    b = make_batch(random_data(seed=2), list(range(12)), cfg)
+    with torch.no_grad():
+        model.item_bias.zero_()
+        out, _, _ = model(b.x)
+        logits = model.explore_logits(out)
+        assert float(logits.abs().max()) <= cfg.cosine_scale + 1e-4
+        model.item_emb.weight.mul_(3.0).add_(0.1)  # an optimiser step or a weight swap
+        again = model.explore_logits(out)
+        ref = out.item_query @ torch.nn.functional.normalize(model.item_emb.weight, dim=-1).t()
+    torch.testing.assert_close(again, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_sampled_softmax_with_cosine_is_exact_when_every_item_is_sampled_once():
+    cfg = VARIANTS["attention+cosine"]
+    model = _model(cfg, seed=4)
+    b = make_batch(random_data(seed=4), list(range(12)), cfg)
+    with torch.no_grad():
+        out, rq, _ = model(b.x)
+        target = torch.randint(1, cfg.item_vocab, b.x.item.shape)
+        full = model.item_target_log_prob(out, rq, b.x.window, target)
+        every = torch.arange(cfg.item_vocab)
+        sampled = model.item_target_log_prob(out, rq, b.x.window, target, every,
+                                             torch.zeros(cfg.item_vocab))
+    torch.testing.assert_close(sampled, full, atol=1e-5, rtol=1e-5)
+
+
+def test_in_batch_negatives_are_the_batch_targets_with_inclusion_odds():
+    cfg = VARIANTS["attention+cosine"]
+    data = random_data(seed=5, n=30)
+    sampler = NegativeSampler.from_data(data, cfg.item_vocab, 1, in_batch=True)
+    targets = torch.tensor([3, 3, 7, 9])
+    idx, log_q = sampler.from_targets(targets)
+    assert idx.tolist() == [3, 7, 9]
+    p = sampler.unigram[idx].double().clamp_min(1e-12)
+    torch.testing.assert_close(log_q.double(), torch.log(1 - (1 - p) ** 4), atol=1e-5, rtol=1e-4)
+    model = ClickstreamGRU(cfg).train()
+    b = make_batch(data, list(range(len(data))), cfg)
+    loss = batch_losses(model, b, sampler=sampler).item
+    loss.backward()
+    assert torch.isfinite(loss) and model.item_emb.weight.grad is not None
