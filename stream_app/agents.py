@@ -1,198 +1,229 @@
 """The hot path: one agent, micro-batched; the only place that reads/writes the state table and
 sends.
 
-One event's path: `clickstream.events` (key = user_id) -> `parse_event` -> dead-letter topic
-(original bytes + reason headers) or the accepted list -> `score_batch` (one GRU step per wave)
--> one table write per user per batch -> `predictions.next_action` + `predictions.churn`.
+One event's path: `clickstream.events` (key = user_id, any partitioner) -> `EventPipeline.process`
+(parse, dead letters, state read from the event's own partition, `score_batch`) -> `BatchOutput`
+(messages + new state rows, nothing sent yet) -> `Delivery.run`:
 
-`handle_batch` is synchronous and returns the batch's predictions; the agent queues them with
-Faust's `send_soon` without awaiting. Faust flushes that buffer before it commits offsets and acks
-a batch only after the agent has queued it: at-least-once.
+  1. predictions (both topics, in the input event's partition number) and dead letters are sent
+     and every delivery is awaited;
+  2. only then the new state rows go to the changelog, and are awaited;
+  3. only then they are written to the local RocksDB copy;
+  4. only then the events are acknowledged, in offset order, and the offset ledger may commit them.
 
-Error policy: bad data never crashes the worker (dead letters with a reason). If scoring a batch
-raises, each event is retried alone and only the ones that still fail are dead-lettered
-(`processing_error`); if every event fails, the fault is not in the data, so the worker exits
-at once without acknowledging the batch, and its events are redelivered after the restart.
+A crash at any point leaves the state at or behind what was published: a redelivered event was
+either never applied (it is scored again, with the same prediction) or is recognised by its
+offset as already applied and its predictions are on the broker (a duplicate flagged `replayed`).
+Faust's own commit bookkeeping is replaced by the ledger (offsets.py), so no input offset is
+committed before every output derived from it is acknowledged.
+
+Error policy: bad data never crashes the worker (dead letters with a reason). An exception while
+scoring is classified by type: data-like errors (ValueError, KeyError, ...) retry the batch event
+by event with a fresh outbox per attempt, and the events that still fail are dead-lettered
+(`processing_error`); anything else (CUDA, disk, a newer state format, a failed delivery), or
+`breaker_failures` data-like failures in a row, is an infrastructure fault: the worker stops at
+once without acknowledging anything, and the events are redelivered after the restart.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import logging
 import os
 import time
-import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from faust.streams import _current_event  # the context var Faust's table writes read
-from kafka.partitioner.default import murmur2
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
 
 from .instruments import Metrics
+from .offsets import OffsetHole, OffsetLedger
 from .predictor import Predictor
 from .records import (
     KEY_MISMATCH,
     PROCESSING_ERROR,
-    WRONG_PARTITION,
     Event,
     InvalidEvent,
+    check_not_future,
     churn_payload,
     dead_letter_headers,
     next_action_payload,
     parse_event,
 )
 from .scoring import BatchResult, score_batch
-from .state import StateLimits, UserState, decode, encode
+from .state import StateLimits, UserState, decode, encode, last_seen_of
 
 log = logging.getLogger(__name__)
 
+# Errors that a single odd event can cause in our own code; anything else is the machine's fault.
+DATA_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, IndexError, TypeError,
+                                                 ArithmeticError, UnicodeError)
+EXIT_INFRA = 70  # EX_SOFTWARE: a supervisor restarts the worker; nothing was acknowledged
 
-@functools.lru_cache(maxsize=1 << 16)
-def default_partition(key: bytes, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2), as the Java, kafka-python and aiokafka clients use."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+Row = tuple[int, str]  # (partition, user id): a state row
+
+
+class InfraError(RuntimeError):
+    """Not the data's fault: never acknowledge, stop the worker."""
+
+
+@dataclass
+class OutMessage:
+    topic: str
+    partition: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+@dataclass
+class BatchOutput:
+    """Everything one batch produces, built before anything is sent (an outbox per batch)."""
+    messages: list[OutMessage] = field(default_factory=list)
+    rows: dict[Row, bytes] = field(default_factory=dict)  # new state rows
 
 
 class EventPipeline:
+    """Parse, read state, score: (messages) -> BatchOutput. Reads the table; sends nothing."""
+
     def __init__(self, *, metrics: Metrics, predictor: Predictor, table: Any, limits: StateLimits,
-                 partitions: int, dead_letters: Any, next_action: str, churn: str,
-                 valid_events: str | None = None) -> None:
+                 dead_letters: str, next_action: str, churn: str, valid_events: str | None = None,
+                 max_future_s: float = 600.0, breaker_failures: int = 20,
+                 clock: Callable[[], float] = time.time) -> None:
         self.metrics = metrics
         self.predictor = predictor
-        self.table = table
+        self.table = table  # StateTable (tables.py) or a test double with the same methods
         self.limits = limits
-        self.partitions = partitions
         self.dead_letters = dead_letters
         self.next_action = next_action
         self.churn = churn
         self.valid_events = valid_events
-        self.watermark = 0.0  # newest event time seen: the clock of the expiry sweep
+        self.max_future_s = max_future_s
+        self.breaker_failures = breaker_failures
+        self.clock = clock
+        self.failures_in_row = 0
+        self.event_clock: dict[int, float] = {}  # partition -> newest accepted event time
         self.offsets: dict[int, int] = {}  # partition -> last offset handled (consumer lag)
         m = metrics
         self._m_accepted = m.events_consumed.labels("accepted")
         self._m_rejected = m.events_consumed.labels("rejected")
         self._m_replayed = m.events_consumed.labels("replayed")
-        self._m_sent_na = m.messages_produced.labels(next_action)
-        self._m_sent_churn = m.messages_produced.labels(churn)
-        self._m_sent_dlq = m.messages_produced.labels(dead_letters.get_topic_name())
 
     # --- entry point ------------------------------------------------------------------------
-    def handle_batch(self, events: Sequence[Any]) -> dict[str, list[tuple[bytes, bytes]]]:
-        """Validate, score and write state for one micro-batch; returns {topic: [(key, value)]}
-        for the agent to publish."""
+    def process(self, msgs: Sequence[Any]) -> BatchOutput:
+        """`msgs`: Kafka messages (key, value, topic, partition, offset, headers) in arrival order."""
         t0 = time.perf_counter()
-        self.outbox: dict[str, list[tuple[bytes, bytes]]] = {}
+        out = BatchOutput()
+        now = self.clock()
         accepted: list[tuple[Any, Event]] = []
-        for ev in events:
-            msg = ev.message
+        for msg in msgs:
             self.offsets[msg.partition] = msg.offset
             try:
                 if msg.key is None:
                     raise InvalidEvent(KEY_MISMATCH, "message has no key; the key must be the user_id")
                 e = parse_event(msg.value, msg.key)
-                if default_partition(msg.key, self.partitions) != msg.partition:
-                    raise InvalidEvent(WRONG_PARTITION, "event is not in its key's default partition; "
-                                       "its user's state lives elsewhere (use the default partitioner)")
+                check_not_future(e, now, self.max_future_s)
             except InvalidEvent as err:
-                self._dead_letter(msg, err)
+                self._dead_letter(out, msg, err)
                 continue
-            accepted.append((ev, e))
+            accepted.append((msg, e))
         if accepted:
-            self._score_and_emit(accepted)
-        self.metrics.batch_size.observe(len(events))
+            self._score(accepted, out)
+        self.metrics.batch_size.observe(len(msgs))
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
-        return self.outbox
+        return out
 
     # --- scoring ----------------------------------------------------------------------------
-    def _score_and_emit(self, accepted: list[tuple[Any, Event]]) -> None:
+    def _score(self, accepted: list[tuple[Any, Event]], out: BatchOutput) -> None:
+        states = self._read_states(accepted)
         try:
-            self._apply(accepted)
-            return
-        except Exception:  # noqa: BLE001 - isolate the poison event, or fail loudly below
+            result = self._attempt(accepted, states)
+        except DATA_ERRORS:
             log.exception("scoring a batch of %d events failed; retrying one by one", len(accepted))
-        failed = 0
-        for fev, e in accepted:
+        else:
+            self.failures_in_row = 0
+            self._emit(accepted, result, out)
+            return
+        for one in accepted:  # each attempt has its own result: nothing is emitted twice
             try:
-                self._apply([(fev, e)])
-            except Exception as exc:  # noqa: BLE001
-                failed += 1
-                self._dead_letter(fev.message, InvalidEvent(PROCESSING_ERROR, repr(exc)[:500]))
-        if failed == len(accepted) and len(accepted) > 1:
-            log.critical("every event of the batch failed: not a data problem; exiting without "
-                         "acknowledging it so it is redelivered after a restart")
-            os._exit(70)
+                r = self._attempt([one], states)
+            except DATA_ERRORS as exc:
+                self.failures_in_row += 1
+                if self.failures_in_row >= self.breaker_failures:
+                    raise InfraError(f"{self.failures_in_row} events in a row failed to score: the "
+                                     "fault is not in the data") from exc
+                self._dead_letter(out, one[0], InvalidEvent(PROCESSING_ERROR, repr(exc)[:500]))
+                continue
+            self.failures_in_row = 0
+            states.update(r.states)
+            self._emit([one], r, out)
 
-    def _apply(self, accepted: list[tuple[Any, Event]]) -> None:
-        evs = [e for _, e in accepted]
-        last_event: dict[str, Any] = {}
-        for fev, e in accepted:
-            last_event[e.user_id] = fev
-        states = {u: self._read_state(u) for u in last_event}
+    def _attempt(self, accepted: list[tuple[Any, Event]],
+                 states: dict[Hashable, UserState | None]) -> BatchResult:
         t = time.perf_counter()
-        result: BatchResult = score_batch(self.predictor, evs, states, self.limits)
+        result = score_batch(self.predictor, [e for _, e in accepted], states, self.limits,
+                             row_keys=[(m.partition, e.user_id) for m, e in accepted],
+                             offsets=[m.offset for m, _ in accepted])
         self.metrics.step_seconds.observe(time.perf_counter() - t)
-        for u, st in result.states.items():
-            # Faust writes a table row into the store of the *current event's* partition; in a
-            # batch that must be this user's own event, not whichever came last.
-            token = _current_event.set(weakref.ref(last_event[u]))
-            try:
-                self.table[u.encode()] = encode(st)
-            finally:
-                _current_event.reset(token)
-        self._emit(accepted, result)
+        return result
 
-    def _read_state(self, user: str) -> UserState | None:
-        raw = self.table.get(user.encode())
+    def _read_states(self, accepted: list[tuple[Any, Event]]) -> dict[Hashable, UserState | None]:
+        states: dict[Hashable, UserState | None] = {}
+        for msg, e in accepted:
+            row = (msg.partition, e.user_id)
+            if row not in states:
+                states[row] = self._read_state(row)
+        return states
+
+    def _read_state(self, row: Row) -> UserState | None:
+        partition, user = row
+        key = user.encode()
+        raw = self.table.get(partition, key)
         if raw is None:
+            if self.table.other_partitions_with(partition, key):
+                self.metrics.split_users.inc()  # this user's events arrive on two partitions
             return None
         try:
             return decode(raw)
-        except Exception:  # noqa: BLE001 - a corrupt row must not stop the user's stream
+        except DATA_ERRORS:  # a corrupt row must not stop the user's stream
             log.exception("unreadable state for a user; starting them afresh")
             self.metrics.state_errors.inc()
             return None
+        # NewerStateFormat (a RuntimeError) propagates: an infrastructure fault, never overwritten
 
-    def _emit(self, accepted: list[tuple[Any, Event]], result: BatchResult) -> None:
-        now = time.time()
+    def _emit(self, accepted: list[tuple[Any, Event]], result: BatchResult, out: BatchOutput) -> None:
+        now = self.clock()
         version = self.predictor.version
         horizon = self.predictor.model.cfg.churn_horizon_s
-        lat = self.metrics.latency
-        na = self.outbox.setdefault(self.next_action, [])
-        ch = self.outbox.setdefault(self.churn, [])
-        for (fev, e), p in zip(accepted, result.predictions, strict=True):
-            key = e.user_id.encode()
-            na.append((key, next_action_payload(e, version, p.action_probs, p.top_items, now,
-                                                p.replayed)))
-            ch.append((key, churn_payload(e, version, p.churn_probability, horizon, now, p.replayed)))
-            if e.ts > self.watermark:
-                self.watermark = e.ts
-            ts = fev.message.timestamp
-            if ts:
-                lat.observe(max(now - ts, 0.0))
-        if self.valid_events is not None:
-            self.outbox.setdefault(self.valid_events, []).extend(
-                (e.user_id.encode(), e.to_json()) for _, e in accepted)
-            self.metrics.messages_produced.labels(self.valid_events).inc(len(accepted))
+        msgs = out.messages
+        for (msg, e), p in zip(accepted, result.predictions, strict=True):
+            key = msg.key
+            part = msg.partition
+            msgs.append(OutMessage(self.next_action, part, key, next_action_payload(
+                e, version, p.action_probs, p.top_items, now, p.replayed)))
+            msgs.append(OutMessage(self.churn, part, key, churn_payload(
+                e, version, p.churn_probability, horizon, now, p.replayed)))
+            if self.valid_events is not None:
+                msgs.append(OutMessage(self.valid_events, part, key, e.to_json()))
+            if e.ts > self.event_clock.get(part, 0.0):
+                self.event_clock[part] = e.ts
+        for (part, user), st in result.states.items():  # type: ignore[misc]
+            out.rows[(part, user)] = encode(st)
         n = len(accepted)
         self._m_accepted.inc(n - result.stats["replayed"])
         self._m_replayed.inc(result.stats["replayed"])
         self.metrics.late_events.inc(result.stats["late"])
         self.metrics.rebuilt_states.inc(result.stats["rebuilt"])
-        self._m_sent_na.inc(n)
-        self._m_sent_churn.inc(n)
 
-    def _dead_letter(self, msg: Any, err: InvalidEvent) -> None:
+    def _dead_letter(self, out: BatchOutput, msg: Any, err: InvalidEvent) -> None:
         headers = dead_letter_headers(err, msg.topic, msg.partition, msg.offset,
                                       _header_list(msg.headers))
-        self.dead_letters.send_soon(key=msg.key, value=msg.value, headers=headers)
+        out.messages.append(OutMessage(self.dead_letters, msg.partition, msg.key, msg.value, headers))
         self._m_rejected.inc()
         self.metrics.events_rejected.labels(err.reason).inc()
-        self._m_sent_dlq.inc()
         log.debug("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, err)
-
-    # --- housekeeping (timers) ----------------------------------------------------------------
-    def forget(self, user_key: bytes) -> None:
-        self.predictor.cache.forget(user_key.decode())
 
 
 def _header_list(headers: Any) -> list[tuple[str, bytes]]:
@@ -200,3 +231,200 @@ def _header_list(headers: Any) -> list[tuple[str, bytes]]:
         return []
     items = headers.items() if isinstance(headers, dict) else headers
     return [(k, v) for k, v in items]
+
+
+# --- delivery: sends, awaits, local state, acks -----------------------------------------------
+
+class Delivery:
+    """Runs one batch through the pipeline and makes its effects durable in the safe order."""
+
+    def __init__(self, *, app: Any, pipeline: EventPipeline, table: Any, outputs: dict[str, Any],
+                 ledger: OffsetLedger, metrics: Metrics, bootstrap: str) -> None:
+        self.app = app
+        self.pipeline = pipeline
+        self.table = table
+        self.outputs = outputs  # topic name -> faust topic
+        self.ledger = ledger
+        self.metrics = metrics
+        self.bootstrap = bootstrap
+        self.in_flight: set[Row] = set()  # rows computed but not yet written locally (the sweep skips them)
+        self.refetching: dict[Any, int] = {}  # tp -> offset re-read after a hole; later copies dropped
+
+    def reset(self) -> None:
+        """A rebalance: positions start again from the committed offsets."""
+        self.ledger.reset()
+        self.refetching.clear()
+
+    async def run(self, stream: Any, events: Sequence[Any]) -> None:
+        try:
+            admitted = await self._admit(stream, events)
+            if admitted:
+                await self._deliver(stream, admitted)
+        except Exception as exc:  # noqa: BLE001 - an infrastructure fault: stop, unacknowledged
+            log.critical("infrastructure fault; stopping without acknowledging the batch (its events "
+                         "are redelivered after the restart): %r", exc, exc_info=True)
+            logging.shutdown()
+            os._exit(EXIT_INFRA)
+
+    async def _admit(self, stream: Any, events: Sequence[Any]) -> list[tuple[Any, int]]:
+        """Check each event's offset follows its partition's previous one; returns (event,
+        ledger generation) for the events to process."""
+        admitted = []
+        for ev in events:
+            msg = ev.message
+            tp = msg.tp
+            waiting = self.refetching.get(tp)
+            if waiting is not None:
+                if msg.offset != waiting:
+                    await stream.ack(ev)  # a stale copy from before the seek: re-read in order later
+                    continue
+                del self.refetching[tp]
+            try:
+                gen = self.ledger.arrive(tp, msg.offset, self.app.consumer._committed_offset.get(tp))
+            except OffsetHole as hole:
+                gen = await self._explain(stream, ev, hole)
+                if gen is None:
+                    continue
+            admitted.append((ev, gen))
+        return admitted
+
+    async def _explain(self, stream: Any, ev: Any, hole: OffsetHole) -> int | None:
+        """A jump in offsets: legitimate if the broker holds no record in between (transaction
+        markers, compaction); otherwise events were lost between fetch and agent (Faust's
+        recovery race, faust-streaming#596): seek back and read them again."""
+        first = await first_record_offset(self.bootstrap, hole.tp, hole.expected)
+        if first is not None and first >= hole.got:
+            self.ledger.skip(hole.tp, hole.got)
+            return self.ledger.arrive(hole.tp, hole.got, None)
+        resume = hole.expected if first is None else first
+        self.metrics.offset_holes.inc()
+        log.warning("offsets %d..%d of %s[%d] never reached the agent; re-reading from %d",
+                    hole.expected, hole.got - 1, hole.tp.topic, hole.tp.partition, resume)
+        self.ledger.skip(hole.tp, resume)
+        self.refetching[hole.tp] = resume
+        await self.app.consumer.seek(hole.tp, resume)
+        await stream.ack(ev)
+        return None
+
+    async def _deliver(self, stream: Any, admitted: list[tuple[Any, int]]) -> None:
+        out = self.pipeline.process([ev.message for ev, _ in admitted])
+        self.in_flight = set(out.rows)
+        try:
+            sends = [self.outputs[m.topic].send_soon(key=m.key, value=m.value, partition=m.partition,
+                                                     headers=m.headers) for m in out.messages]
+            await _all_delivered(sends)
+            for m in out.messages:
+                self.metrics.messages_produced.labels(m.topic).inc()
+            await _all_delivered([self.table.send(p, u.encode(), v) for (p, u), v in out.rows.items()])
+            by_partition: dict[int, dict[bytes, bytes | None]] = {}
+            for (p, u), v in out.rows.items():
+                by_partition.setdefault(p, {})[u.encode()] = v
+            for p, rows in by_partition.items():
+                self.table.put_local(p, rows)
+        finally:
+            self.in_flight = set()
+        now = time.time()
+        lat = self.metrics.latency
+        for ev, gen in admitted:
+            msg = ev.message
+            await stream.ack(ev)
+            self.ledger.done(msg.tp, msg.offset, gen)
+            if msg.timestamp:
+                lat.observe(max(now - msg.timestamp, 0.0))
+
+
+async def _all_delivered(futures: list[Any]) -> None:
+    """Wait for every delivery; the first failure raises (and nothing is acknowledged)."""
+    if futures:
+        await asyncio.gather(*futures)
+
+
+async def first_record_offset(bootstrap: str, tp: Any, offset: int, timeout_s: float = 10.0) -> int | None:
+    """Offset of the first record at or after `offset` in a partition, read with a consumer of
+    our own (no group); None if none arrives in time."""
+    part = TopicPartition(tp.topic, tp.partition)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                isolation_level="read_uncommitted")
+    await consumer.start()
+    try:
+        consumer.assign([part])
+        consumer.seek(part, offset)
+        records = await consumer.getmany(part, timeout_ms=int(timeout_s * 1000), max_records=1)
+        got = records.get(part)
+        return got[0].offset if got else None
+    finally:
+        await consumer.stop()
+
+
+# --- housekeeping -------------------------------------------------------------------------------
+
+class IdleSweep:
+    """Deletes users idle for longer than the window, per partition, in the partition they live in.
+
+    Each partition has its own event-time clock: the newest accepted event time of that partition
+    (accepted events are at most `max_future_s` ahead of real time, so no producer can push it
+    forward), raised after a restart by the newest row it holds; a lagging partition is never
+    expired by another one's clock. Only partitions this worker actively owns at the moment of
+    deletion are touched; rows the agent is writing are skipped; the scan yields to the event loop
+    every `chunk` rows.
+    """
+
+    def __init__(self, *, app: Any, table: Any, delivery: Delivery, window_s: float,
+                 max_future_s: float, metrics: Metrics, forget: Callable[[Row], None],
+                 chunk: int = 1000) -> None:
+        self.app, self.table, self.delivery = app, table, delivery
+        self.window_s, self.max_future_s = window_s, max_future_s
+        self.metrics, self.forget, self.chunk = metrics, forget, chunk
+
+    async def run(self) -> int:
+        clocks = self.delivery.pipeline.event_clock
+        limit = time.time() + self.max_future_s
+        held = size = deleted = 0
+        for p in sorted(self.table.active_partitions(self.app)):
+            cutoff = min(clocks.get(p, 0.0), limit) - self.window_s
+            candidates, newest, n, b = await self._scan(p, cutoff)
+            if newest > 0:  # a restarted worker learns its clock from the rows it holds
+                clocks[p] = max(clocks.get(p, 0.0), min(newest, limit))
+            held += n
+            size += b
+            for i, key in enumerate(candidates):
+                if i % self.chunk == self.chunk - 1:
+                    await asyncio.sleep(0)
+                if p not in self.table.active_partitions(self.app):
+                    break  # revoked meanwhile: the new owner sweeps it
+                if (p, key.decode()) in self.delivery.in_flight:
+                    continue
+                raw = self.table.get(p, key)
+                if raw is None or last_seen_of(raw) >= cutoff:
+                    continue  # came back meanwhile
+                self.table.delete(p, key)
+                self.forget((p, key.decode()))
+                deleted += 1
+                held -= 1
+                size -= len(raw)
+        self.metrics.expired_users.inc(deleted)
+        self.metrics.active_users.set(held)
+        self.metrics.state_bytes.set(size)
+        if deleted:
+            log.info("expired %d idle users", deleted)
+        return deleted
+
+    async def _scan(self, p: int, cutoff: float) -> tuple[list[bytes], float, int, int]:
+        candidates: list[bytes] = []
+        newest = 0.0
+        n = size = 0
+        for key, raw in self.table.scan(p):
+            try:
+                seen = last_seen_of(raw)
+            except Exception:  # noqa: BLE001 - a corrupt row is the agent's to replace
+                continue
+            newest = max(newest, seen)
+            n += 1
+            size += len(raw)
+            if seen < cutoff:
+                candidates.append(key)
+            if n % self.chunk == 0:
+                await asyncio.sleep(0)
+                if p not in self.table.active_partitions(self.app):
+                    return [], 0.0, 0, 0  # revoked mid-scan: stop using its database
+        return candidates, newest, n, size

@@ -13,17 +13,28 @@ import faust
 from aiohttp import web as aioweb
 
 from . import __version__
-from .agents import EventPipeline
+from .agents import Delivery, EventPipeline, IdleSweep
 from .config import Settings
 from .instruments import Metrics
+from .offsets import LedgerTransport, OffsetLedger
 from .predictor import Predictor
-from .state import StateLimits, last_seen_of
+from .state import StateLimits
+from .tables import StateTable
 
 log = logging.getLogger(__name__)
 
 # Stateful names: part of the data, never derived from where a function lives.
 AGENT_NAME = "clickstream-gru.events"
 STATE_TABLE = "user-state"  # changelog topic: "<app_id>-user-state-changelog"
+
+
+class ClickstreamApp(faust.App):
+    """A faust.App whose consumer commits the offset ledger's position (offsets.py)."""
+
+    ledger: OffsetLedger
+
+    def _new_transport(self) -> Any:
+        return LedgerTransport(self.conf.broker_consumer, self)
 
 
 def _raw_topic(app: faust.App, name: str, partitions: int) -> Any:
@@ -37,7 +48,7 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
     if settings.window_events < predictor.model.cfg.window:
         raise ValueError(f"window_events={settings.window_events} is smaller than the model's "
                          f"window ({predictor.model.cfg.window})")
-    app = faust.App(
+    app = ClickstreamApp(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",
         store=settings.store,
@@ -48,75 +59,82 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
         autodiscover=False,
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
+        table_standby_replicas=settings.standby_replicas,
         consumer_auto_offset_reset="earliest",
+        consumer_group_instance_id=settings.group_instance_id,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(settings.session_timeout_s / 5, 0.5),
         broker_commit_interval=1.0,
         producer_acks=-1,
         producer_linger_ms=settings.producer_linger_ms,
         processing_guarantee="at_least_once",  # exactly_once has open upstream bugs
     )
+    app.ledger = OffsetLedger()
     t = settings.topics
-    # use_partitioner: the changelog partition comes from the key (Kafka's default partitioner,
-    # the same the storefronts' producers use: the agent dead-letters events where that does not
-    # hold), so the idle sweep can delete rows without an event in hand.
-    table = app.Table(STATE_TABLE, key_type=bytes, value_type=bytes,  # bytes => raw serializers
-                      partitions=settings.partitions, use_partitioner=True)
+    # use_partitioner=False: a row lives in (and its changelog goes to) the partition of the
+    # events that made it; StateTable names that partition explicitly
+    table = StateTable(app.Table(STATE_TABLE, key_type=bytes, value_type=bytes,
+                                 partitions=settings.partitions))
     pipeline = EventPipeline(
         metrics=metrics, predictor=predictor, table=table,
         limits=StateLimits(settings.window_events, settings.window_seconds),
-        partitions=settings.partitions,
-        dead_letters=_raw_topic(app, t.dead_letters, settings.partitions),
-        next_action=t.next_action, churn=t.churn,
+        dead_letters=t.dead_letters, next_action=t.next_action, churn=t.churn,
         valid_events=t.valid_events if settings.emit_valid_events else None,
+        max_future_s=settings.max_future_s, breaker_failures=settings.breaker_failures,
     )
     outputs = {name: _raw_topic(app, name, settings.partitions)
-               for name in (t.next_action, t.churn, t.valid_events)}
+               for name in (t.next_action, t.churn, t.valid_events, t.dead_letters)}
+    delivery = Delivery(app=app, pipeline=pipeline, table=table, outputs=outputs, ledger=app.ledger,
+                        metrics=metrics, bootstrap=settings.bootstrap)
     app.pipeline = pipeline  # type: ignore[attr-defined]
     events = _raw_topic(app, t.events, settings.partitions)
     metrics.info.labels(settings.app_id, __version__).set(1)
     metrics.set_model(predictor.version, str(predictor.device))
 
     async def process(stream: Any) -> None:
-        async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            # send_soon appends synchronously to Faust's buffer, which Faust flushes before it
-            # commits: no await here, so a cancellation cannot split a batch's predictions
-            for topic, messages in pipeline.handle_batch(batch).items():
-                send = outputs[topic].send_soon
-                for key, value in messages:
-                    send(key=key, value=value)
+        # noack: events are acknowledged by Delivery only after their outputs are on the broker
+        async for batch in stream.noack().noack_take(settings.batch_max, within=settings.batch_within_s):
+            await delivery.run(stream, batch)
 
     # concurrency 1: higher concurrency can commit past an in-flight message (Faust #606)
     app.agent(events, name=AGENT_NAME, concurrency=1)(process)
 
+    @app.on_partitions_revoked.connect
+    async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        delivery.reset()
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        delivery.reset()
+
+    sweep = IdleSweep(app=app, table=table, delivery=delivery, window_s=settings.window_seconds,
+                      max_future_s=settings.max_future_s, metrics=metrics,
+                      forget=predictor.cache.forget)
+
     @app.timer(settings.sweep_interval_s)
     async def expire_idle_users() -> None:
-        """Delete users idle for longer than the window (event time), and measure state."""
-        cutoff = pipeline.watermark - settings.window_seconds
-        n = size = 0
-        expired = []
-        for i, key in enumerate(list(table.keys())):
-            raw = table.get(key)
-            if raw is None:
-                continue
-            n += 1
-            size += len(raw)
-            if last_seen_of(raw) < cutoff:
-                expired.append(key)
-            if i % 2000 == 1999:
-                await asyncio.sleep(0)  # let the agent run during a long sweep
-        for key in expired:
-            if key in table and last_seen_of(table[key]) < cutoff:  # unless it came back meanwhile
-                del table[key]
-                pipeline.forget(key)
-        metrics.expired_users.inc(len(expired))
-        metrics.active_users.set(n - len(expired))
-        metrics.state_bytes.set(size)
-        if expired:
-            log.info("expired %d idle users (last seen before %.0f)", len(expired), cutoff)
+        await sweep.run()
+
+    refused: set[str] = set()
 
     @app.timer(settings.model_poll_s)
     async def follow_model_registry() -> None:
-        if predictor.maybe_reload():
-            metrics.set_model(predictor.version, str(predictor.device))
+        version = predictor.wanted_version()
+        if version is None or version in refused:
+            return
+        try:  # reading and verifying the artifact happen off the event loop
+            loaded = await asyncio.to_thread(predictor.prepare, version)
+        except Exception as exc:  # noqa: BLE001 - a bad artifact must not stop serving
+            refused.add(version)
+            metrics.model_load_failures.inc()
+            log.error("refusing model version %s: %s; still serving %s", version, exc,
+                      predictor.version)
+            return
+        old = predictor.version
+        predictor.install(loaded)
+        sweep.forget = predictor.cache.forget
+        metrics.set_model(predictor.version, str(predictor.device))
+        log.info("model swapped %s -> %s", old, predictor.version)
 
     cache_seen = {"hit": 0, "miss": 0}
 

@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     service_args(wk)
     wk.add_argument("--data-dir", help="table state (RocksDB) directory")
     wk.add_argument("--web-port", type=int, help="HTTP port for /metrics (default 6066)")
-    wk.add_argument("--store", help="rocksdb:// (default) or memory://")
+    wk.add_argument("--store", help="rocksdb:// (the default and only store: state lives per partition)")
     wk.add_argument("--model-dir", help="model registry (default $CLICKSTREAM_MODEL_DIR or var/models)")
     wk.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
     wk.set_defaults(func=cmd_worker)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ class Settings:
     namespace: str = ""  # prefix for every topic name (tests, side-by-side deployments)
     partitions: int = DEFAULT_PARTITIONS
     data_dir: Path = Path("var/worker")
-    store: str = "rocksdb://"  # "memory://" for throwaway runs
+    store: str = "rocksdb://"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     batch_max: int = 512  # events per micro-batch
@@ -37,10 +39,33 @@ class Settings:
     # per worker on a shared 2-core machine). Scale with partitions and workers. 0 = torch's default.
     torch_threads: int = 1
     log_level: str = "info"
+    # event time may run ahead of the worker's wall clock by at most this much; later events are
+    # dead-lettered (`future_timestamp`), so no producer can push the expiry clock forward
+    max_future_s: float = 600.0
+    # static group membership: a restarted worker with the same id gets its partitions back at
+    # once instead of after the session timeout. "" = derived from the host name, data dir and web
+    # address (stable across restarts of one worker, distinct between workers; the address is
+    # part of it because the broker hands a returning member its cached assignment, which Faust
+    # checks against the worker's own URL)
+    instance_id: str = ""
+    session_timeout_s: float = 10.0  # a crashed worker's partitions move after this long
+    standby_replicas: int = 1  # warm copies of each state partition on other workers
+    # this many events in a row failing in scoring = the fault is not in the data: stop, unacked
+    breaker_failures: int = 20
     topics: TopicNames = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "topics", TopicNames(self.namespace))
+        if not self.store.startswith("rocksdb:"):
+            raise ValueError(f"store {self.store!r}: state rows are kept per partition in RocksDB; "
+                             "use rocksdb://")
+
+    @property
+    def group_instance_id(self) -> str:
+        if self.instance_id:
+            return self.instance_id
+        where = f"{socket.gethostname()}:{self.data_dir.resolve()}:{self.web_host}:{self.web_port}"
+        return f"{self.app_id}-{hashlib.sha256(where.encode()).hexdigest()[:12]}"
 
     def with_(self, **changes: Any) -> Settings:
         changes = {k: v for k, v in changes.items() if v is not None}
@@ -74,4 +99,9 @@ class Settings:
             model_poll_s=float(e.get("CLICKSTREAM_MODEL_POLL_S", d.model_poll_s)),
             torch_threads=int(e.get("CLICKSTREAM_TORCH_THREADS", d.torch_threads)),
             log_level=e.get("CLICKSTREAM_LOG_LEVEL", d.log_level),
+            max_future_s=float(e.get("CLICKSTREAM_MAX_FUTURE_S", d.max_future_s)),
+            instance_id=e.get("CLICKSTREAM_INSTANCE_ID", d.instance_id),
+            session_timeout_s=float(e.get("CLICKSTREAM_SESSION_TIMEOUT_S", d.session_timeout_s)),
+            standby_replicas=int(e.get("CLICKSTREAM_STANDBY_REPLICAS", d.standby_replicas)),
+            breaker_failures=int(e.get("CLICKSTREAM_BREAKER_FAILURES", d.breaker_failures)),
         )

@@ -10,6 +10,7 @@ source of truth: an entry is used only if it matches the state's event count and
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Hashable
 
 import torch
 
@@ -18,7 +19,7 @@ class HiddenCache:
     def __init__(self, capacity: int, layers: int, hidden: int, device: torch.device) -> None:
         self.capacity = capacity
         self.h = torch.zeros(layers, max(capacity, 1), hidden, device=device)
-        self._slots: OrderedDict[str, tuple[int, int, str]] = OrderedDict()  # user -> slot, n, version
+        self._slots: OrderedDict[Hashable, tuple[int, int, str]] = OrderedDict()  # user -> slot, n, version
         self._free = list(range(capacity - 1, -1, -1))
         self.hits = 0
         self.misses = 0
@@ -26,7 +27,7 @@ class HiddenCache:
     def __len__(self) -> int:
         return len(self._slots)
 
-    def lookup(self, user: str, n_events: int, version: str) -> int | None:
+    def lookup(self, user: Hashable, n_events: int, version: str) -> int | None:
         """Slot of a valid entry, or None (counted as a miss)."""
         entry = self._slots.get(user)
         if entry is not None and entry[1] == n_events and entry[2] == version:
@@ -36,7 +37,7 @@ class HiddenCache:
         self.misses += 1
         return None
 
-    def store(self, users: list[str], n_events: list[int], version: str, h_new: torch.Tensor) -> None:
+    def store(self, users: list[Hashable], n_events: list[int], version: str, h_new: torch.Tensor) -> None:
         """Write h_new (layers, B, H) for `users` (distinct) into their slots."""
         if self.capacity == 0 or not users:
             return
@@ -57,7 +58,7 @@ class HiddenCache:
         idx = torch.tensor(slots, device=self.h.device)
         self.h.index_copy_(1, idx, h_new.to(self.h.dtype))
 
-    def forget(self, user: str) -> None:
+    def forget(self, user: Hashable) -> None:
         entry = self._slots.pop(user, None)
         if entry is not None:
             self._free.append(entry[0])

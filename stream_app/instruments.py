@@ -33,6 +33,18 @@ class Metrics:
             "Hidden states rebuilt from the window after a model version change", registry=r)
         self.state_errors = Counter(
             "clickstream_state_decode_errors_total", "Unreadable user-state rows", registry=r)
+        self.split_users = Counter(
+            "clickstream_split_users_total",
+            "New state rows for users who already have a row in another partition of this worker "
+            "(their events arrive on two partitions: a producer changed its partitioner)", registry=r)
+        self.offset_holes = Counter(
+            "clickstream_offset_holes_total",
+            "Input offsets that never reached the agent and were re-read (faust-streaming#596)",
+            registry=r)
+        self.model_load_failures = Counter(
+            "clickstream_model_load_failures_total",
+            "Model versions refused (checksum, config or non-finite weights); serving continues",
+            registry=r)
         self.expired_users = Counter(
             "clickstream_expired_users_total", "User states deleted by the idle sweep", registry=r)
         self.batch_size = Histogram(

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.checkpoint import current_version, load_version
+from models.checkpoint import CheckpointError, LoadedModel, current_version, load_version
 from models.gru import ClickstreamGRU, Events, sliding_windows
 from models.train import pick_device
 
@@ -32,10 +32,20 @@ class Predictor:
         self.device = pick_device(device)
         self.top_k = top_k
         self.cache_users = cache_users
-        self._load(None)
+        self.install(self.prepare(None))
 
-    def _load(self, version: str | None) -> None:
+    def prepare(self, version: str | None) -> LoadedModel:
+        """Load and verify a version (checksum, config, finite weights); raises CheckpointError.
+        Touches nothing in service, so it runs in a thread while the agent goes on."""
         lm = load_version(self.registry, version, device=str(self.device))
+        bad = [n for n, t in lm.model.state_dict().items() if not bool(torch.isfinite(t).all())]
+        if bad:
+            raise CheckpointError(f"version {lm.version} has non-finite weights in {', '.join(bad[:5])}")
+        return lm
+
+    def install(self, lm: LoadedModel) -> None:
+        """Serve a prepared version from the next batch on (the agent scores a batch without
+        yielding to the event loop, so a swap always falls between two batches)."""
         self.model: ClickstreamGRU = lm.model
         self.version = lm.version
         self.items, self.categories = lm.items, lm.categories
@@ -47,16 +57,10 @@ class Predictor:
         self._cat_idx: dict[str | None, int] = {None: 0}
         log.info("model %s loaded on %s", self.version, self.device)
 
-    def maybe_reload(self) -> bool:
-        """Swap to the registry's current version if it changed. Hidden states made by the old
-        version are rebuilt from each user's window on their next event."""
+    def wanted_version(self) -> str | None:
+        """The registry's current version when it differs from the one in service."""
         v = current_version(self.registry)
-        if v is None or v == self.version:
-            return False
-        old = self.version
-        self._load(v)
-        log.info("model swapped %s -> %s", old, v)
-        return True
+        return None if v is None or v == self.version else v
 
     # --- state -> tensors ---------------------------------------------------------------------
     def item_index(self, item_id: str | None) -> int:

@@ -33,10 +33,10 @@ INVALID_TYPE = "invalid_type"
 INVALID_VALUE = "invalid_value"
 KEY_MISMATCH = "key_mismatch"
 TOO_LARGE = "too_large"
-WRONG_PARTITION = "wrong_partition"  # not where the default partitioner puts its key
+FUTURE_TIMESTAMP = "future_timestamp"  # ahead of the worker's clock by more than the allowed skew
 PROCESSING_ERROR = "processing_error"  # valid, but scoring it failed (a bug: see the worker log)
 REASONS = (INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, INVALID_TYPE, INVALID_VALUE, KEY_MISMATCH,
-           TOO_LARGE, WRONG_PARTITION, PROCESSING_ERROR)
+           TOO_LARGE, FUTURE_TIMESTAMP, PROCESSING_ERROR)
 
 
 class InvalidEvent(ValueError):
@@ -148,6 +148,15 @@ def parse_event(raw: bytes | None, key: bytes | None = None) -> Event:
         session_id=_string(obj, "session_id", False),
         query=_string(obj, "query", False),
     )
+
+
+def check_not_future(event: Event, now: float, max_future_s: float) -> None:
+    """Policy: event time drives state expiry, so no producer may push it ahead of real time. An
+    event more than `max_future_s` ahead of the worker's wall clock is dead-lettered, not clamped
+    (a clamped time would be a made-up fact in the user's window)."""
+    if event.ts > now + max_future_s:
+        raise InvalidEvent(FUTURE_TIMESTAMP, f"'ts' is {event.ts - now:.0f} s ahead of the worker's clock "
+                           f"(at most {max_future_s:g} s of skew is accepted)")
 
 
 PREDICTION_SCHEMA_VERSION = 1

@@ -16,7 +16,7 @@ latest event, and change nothing. No I/O: the agent reads and writes the table a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -42,7 +42,7 @@ class Prediction:
 @dataclass
 class BatchResult:
     predictions: list[Prediction]  # one per input event, in input order
-    states: dict[str, UserState]  # the final state of every user in the batch
+    states: dict[Hashable, UserState]  # the final state of every row in the batch
     stats: dict[str, int]
 
 
@@ -53,7 +53,7 @@ class _UserRun:
     replayed: list[tuple[int, UserState, Observation]]
 
 
-def _gather(p: Predictor, users: list[str], prev: list[UserState | None],
+def _gather(p: Predictor, users: list[Hashable], prev: list[UserState | None],
             stats: dict[str, int]) -> torch.Tensor:
     """(layers, B, H) hidden states before this batch."""
     m = p.model
@@ -120,23 +120,28 @@ class _Readout:
 
 
 @torch.inference_mode()
-def score_batch(p: Predictor, events: Sequence[Event], states: dict[str, UserState | None],
-                limits: StateLimits) -> BatchResult:
+def score_batch(p: Predictor, events: Sequence[Event], states: dict[Hashable, UserState | None],
+                limits: StateLimits, row_keys: Sequence[Hashable] | None = None,
+                offsets: Sequence[int] | None = None) -> BatchResult:
+    """`row_keys[i]` names the state row event i belongs to (default: its user id; the worker uses
+    (partition, user id)); `offsets[i]` is its input offset in that row's partition, or -1."""
     stats = {"rebuilt": 0, "replayed": 0, "late": 0, "groups": 0}
-    runs: dict[str, _UserRun] = {}
-    for i, e in enumerate(events):  # window/profile transitions, in each user's arrival order
-        r = runs.get(e.user_id)
+    keys = row_keys if row_keys is not None else [e.user_id for e in events]
+    runs: dict[Hashable, _UserRun] = {}
+    for i, e in enumerate(events):  # window/profile transitions, in each row's arrival order
+        row = keys[i]
+        r = runs.get(row)
         if r is None:
-            r = runs[e.user_id] = _UserRun(states.get(e.user_id), [], [])
+            r = runs[row] = _UserRun(states.get(row), [], [])
         cur = r.applied[-1][1] if r.applied else r.prev
-        st, ob = observe(cur, e, limits)
+        st, ob = observe(cur, e, limits, -1 if offsets is None else offsets[i])
         (r.replayed if ob.replayed else r.applied).append((i, st, ob))
         stats["late"] += ob.late
     users = list(runs)
     h0 = _gather(p, users, [runs[u].prev for u in users], stats)
     preds: list[Prediction | None] = [None] * len(events)
     readout = _Readout(p, events, preds)
-    final: dict[str, UserState] = {}
+    final: dict[Hashable, UserState] = {}
     h_fin = h0.clone()  # each user's hidden state after this batch
     by_len: dict[int, list[int]] = {}
     for b, u in enumerate(users):

@@ -8,9 +8,12 @@ Late and out-of-order events (policy): events are applied in arrival order, whic
 per user. An event older than the user's latest one gets a time gap of 0 and never moves
 `last_seen` backwards. An event whose id is already in the window is a replay (at-least-once
 redelivery, or a storefront retry): it does not advance the state again, but it still gets its
-predictions, flagged `replayed`, so nothing is lost after a crash.
+predictions, flagged `replayed`, so nothing is lost after a crash. Redelivery is recognised by the
+input offset as well: a row lives in the partition its user's events arrive on, so every event it
+has applied has an offset at or below the row's `offset`, however many of them left the window.
 
-Encoding (little-endian): a fixed header, the model version, the hidden state as float32 bytes,
+Encoding (little-endian): a fixed header (format 2 adds the last applied input offset), the model
+version, the hidden state as float32 bytes,
 then the window as columns (actions u8, ts f64, price f32, event-id hashes u64) and
 length-prefixed item/category ids. About 1.3 KB per user at hidden size 128 and a 20-event window.
 """
@@ -26,9 +29,16 @@ import numpy as np
 
 from .records import ACTION_INDEX, Event
 
-FORMAT = 1
-_HEAD = struct.Struct("<BBHIddd6I")  # format, window len, hidden floats, n_events, first, last, spend, counts
+FORMAT = 2  # written by this code; format 1 rows (no offset) are still read
+# format, window len, hidden floats, n_events, first, last, spend, counts[, last applied offset]
+_HEAD_V1 = struct.Struct("<BBHIddd6I")
+_HEAD = struct.Struct("<BBHIddd6Iq")
 _NONE = 0xFFFF
+
+
+class NewerStateFormat(RuntimeError):
+    """A row written by a newer worker (a rolling deploy in progress). Never overwrite it: this
+    worker must not serve the user until it is upgraded, so the event is not acknowledged."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,7 @@ class UserState:
     spend: float = 0.0
     action_counts: tuple[int, ...] = (0, 0, 0, 0, 0, 0)
     window: tuple[WindowEvent, ...] = ()
+    offset: int = -1  # input offset of the newest applied event (in the row's partition); -1 unknown
 
 
 @dataclass(frozen=True)
@@ -70,12 +81,14 @@ def event_hash(event_id: str) -> int:
     return zlib.crc32(event_id.encode()) << 32 | zlib.adler32(event_id.encode())
 
 
-def observe(state: UserState | None, ev: Event, limits: StateLimits) -> tuple[UserState, Observation]:
-    """Apply one event's window and profile effects (not the hidden state)."""
+def observe(state: UserState | None, ev: Event, limits: StateLimits,
+            offset: int = -1) -> tuple[UserState, Observation]:
+    """Apply one event's window and profile effects (not the hidden state). `offset` is the event's
+    input offset (in the partition the state row lives in), or -1 when unknown."""
     h = event_hash(ev.event_id)
     if state is None:
         state = UserState(first_seen=ev.ts, last_seen=ev.ts)
-    elif any(w.event_hash == h for w in state.window):
+    elif (0 <= offset <= state.offset) or any(w.event_hash == h for w in state.window):
         return state, Observation(0.0, replayed=True, late=False)
     late = state.n_events > 0 and ev.ts < state.last_seen
     gap = 0.0 if state.n_events == 0 or late else ev.ts - state.last_seen
@@ -91,7 +104,7 @@ def observe(state: UserState | None, ev: Event, limits: StateLimits) -> tuple[Us
     counts[new.action] += 1
     spend = state.spend + (price if ev.action == "purchase" and not math.isnan(price) else 0.0)
     return replace(state, n_events=state.n_events + 1, last_seen=last_seen, spend=spend,
-                   action_counts=tuple(counts), window=window,
+                   action_counts=tuple(counts), window=window, offset=max(state.offset, offset),
                    first_seen=min(state.first_seen, ev.ts)), Observation(gap, False, late)
 
 
@@ -110,7 +123,7 @@ def encode(s: UserState) -> bytes:
     hidden = b"" if s.hidden is None else np.asarray(s.hidden, np.float32).tobytes()
     w = s.window
     parts = [_HEAD.pack(FORMAT, len(w), len(hidden) // 4, s.n_events, s.first_seen, s.last_seen,
-                        s.spend, *s.action_counts)]
+                        s.spend, *s.action_counts, s.offset)]
     _put_str(parts, s.model_version)
     parts.append(hidden)
     parts.append(bytes(e.action for e in w))
@@ -131,11 +144,22 @@ def _get_str(buf: bytes, off: int) -> tuple[str | None, int]:
     return buf[off:off + n].decode(), off + n
 
 
+def format_of(buf: bytes) -> int:
+    return buf[0] if buf else 0
+
+
 def decode(buf: bytes) -> UserState:
-    fmt, n, n_hidden, n_events, first, last, spend, *counts = _HEAD.unpack_from(buf, 0)
-    if fmt != FORMAT:
+    fmt = format_of(buf)
+    if fmt > FORMAT:
+        raise NewerStateFormat(f"user-state row has format {fmt}; this worker reads up to {FORMAT}")
+    if fmt == 1:
+        _, n, n_hidden, n_events, first, last, spend, *counts = _HEAD_V1.unpack_from(buf, 0)
+        offset, off = -1, _HEAD_V1.size
+    elif fmt == FORMAT:
+        _, n, n_hidden, n_events, first, last, spend, *counts, offset = _HEAD.unpack_from(buf, 0)
+        off = _HEAD.size
+    else:
         raise ValueError(f"unknown user-state format {fmt}")
-    off = _HEAD.size
     version, off = _get_str(buf, off)
     hidden = np.frombuffer(buf, "<f4", n_hidden, off).copy() if n_hidden else None
     off += 4 * n_hidden
@@ -152,9 +176,11 @@ def decode(buf: bytes) -> UserState:
         item, off = _get_str(buf, off)
         cat, off = _get_str(buf, off)
         window.append(WindowEvent(actions[i], float(ts[i]), float(price[i]), item, cat, int(hashes[i])))
-    return UserState(version or "", hidden, n_events, first, last, spend, tuple(counts), tuple(window))
+    return UserState(version or "", hidden, n_events, first, last, spend, tuple(counts), tuple(window),
+                     offset)
 
 
 def last_seen_of(buf: bytes) -> float:
-    """Cheap read for the expiry sweep: no full decode."""
-    return float(_HEAD.unpack_from(buf, 0)[5])
+    """Cheap read for the expiry sweep: no full decode (the field sits at the same place in every
+    format)."""
+    return float(_HEAD_V1.unpack_from(buf, 0)[5])

@@ -27,6 +27,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from stream_app import broker
 from stream_app.admin import ensure_topics, topic_specs
+from stream_app.broker import free_port
 from stream_app.config import Settings
 from stream_app.simulator import SimConfig, Storefront
 
@@ -376,9 +377,11 @@ def run_worker_crashes(bootstrap: str, ns: str, work: Path, registry: Path, *, u
     out = Outcome("worker_sigkill", evs)
     wenv = {"CLICKSTREAM_PARTITIONS": str(PARTITIONS), **(env or {})}
 
-    def start() -> WorkerProcess:
+    port = free_port()
+
+    def start() -> WorkerProcess:  # the same data dir and port: the same worker to Kafka
         w = start_worker(bootstrap, ns, work, env=wenv, extra_args=worker_args(registry),
-                         ready_timeout=timeout)
+                         ready_timeout=timeout, web_port=port)
         out.logs.append(w.log_path)
         return w
 

@@ -55,10 +55,13 @@ class WorkerProcess:
 
 def start_worker(bootstrap: str, namespace: str, tmp: Path, *, extra_args: list[str] | None = None,
                  env: dict[str, str] | None = None, app_id: str | None = None,
-                 ready_timeout: float = 90.0, data_dir: Path | None = None) -> WorkerProcess:
+                 ready_timeout: float = 90.0, data_dir: Path | None = None,
+                 web_port: int | None = None) -> WorkerProcess:
     """`stream-app worker` as a real process; returns once it has its partitions assigned.
-    `data_dir` (default `tmp/worker-data`): give each of several workers its own."""
-    port = free_port()
+    `data_dir` (default `tmp/worker-data`): give each of several workers its own. A restart with the
+    same data dir and `web_port` is the same worker to Kafka (static membership): it gets its
+    partitions back without waiting for the old session to expire."""
+    port = web_port or free_port()
     log_path = tmp / f"worker-{port}.log"
     full_env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, CLICKSTREAM_NAMESPACE=namespace,
                     CLICKSTREAM_APP_ID=app_id or f"{namespace}app", PYTHONUNBUFFERED="1",

@@ -1,0 +1,77 @@
+"""The per-user state table, addressed by (partition, key).
+
+A user's row lives in the partition their events arrive on, whatever partitioner the storefront's
+producer uses: the only assumption is Kafka Streams' own, that one key always lands in one
+partition. Faust's Table API picks a row's partition implicitly (the "current event", or a
+murmur2 hash of the key); this wrapper names it explicitly, so the agent, the idle sweep and the
+tests all say which partition they mean.
+
+Writes return the changelog delivery future (the agent awaits it before acknowledging the input)
+and are applied to the local RocksDB copy only when the caller says so (`put_local`), after the
+changelog holds them: a local row is never ahead of its changelog.
+
+Relies on Faust 0.15's RocksDB store internals (`_db_for_partition`, `_visible_items`,
+`_on_changelog_sent`); the dependency pin in pyproject.toml keeps them where they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from faust.types import TP
+
+KEY_SERIALIZER = VALUE_SERIALIZER = "raw"
+
+
+class StateTable:
+    def __init__(self, table: Any) -> None:
+        self.table = table  # a faust Table with key/value type bytes, on rocksdb://
+
+    @property
+    def _store(self) -> Any:
+        return self.table.data
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        return self._store._db_for_partition(partition).get(key)
+
+    def send(self, partition: int, key: bytes, value: bytes | None) -> Any:
+        """Send a row (or a tombstone) to the changelog partition; returns the delivery future."""
+        return self.table.changelog_topic.send_soon(
+            key=key, value=value, partition=partition, key_serializer=KEY_SERIALIZER,
+            value_serializer=VALUE_SERIALIZER, callback=self.table._on_changelog_sent,
+            eager_partitioning=True)
+
+    def put_local(self, partition: int, rows: dict[bytes, bytes | None]) -> None:
+        db = self._store._db_for_partition(partition)
+        for key, value in rows.items():
+            if value is None:
+                db.delete(key)
+            else:
+                db.put(key, value)
+
+    def delete(self, partition: int, key: bytes) -> Any:
+        """Tombstone to the changelog and delete locally (the idle sweep: the row is not derived
+        from any input offset, so nothing waits for the future)."""
+        fut = self.send(partition, key, None)
+        self._store._db_for_partition(partition).delete(key)
+        return fut
+
+    def scan(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
+        """Every row of one partition (Faust's own offset bookkeeping key excluded)."""
+        store = self._store
+        return store._visible_items(store._db_for_partition(partition))
+
+    def other_partitions_with(self, partition: int, key: bytes) -> list[int]:
+        """Partitions held here, other than `partition`, that have a row for `key` (a producer
+        changed its partitioner, or two producers disagree)."""
+        dbs = self._store._dbs
+        return [p for p, db in list(dbs.items()) if p != partition and db.get(key) is not None]
+
+    def active_partitions(self, app: Any) -> set[int]:
+        """Partitions of the table this worker is actively serving right now (not standbys)."""
+        topic = self.table.changelog_topic_name
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
+
+    def changelog_tp(self, partition: int) -> TP:
+        return TP(self.table.changelog_topic_name, partition)
