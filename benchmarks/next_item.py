@@ -93,6 +93,17 @@ def gru_ranks(model, items: Vocab, test, device, batch: int = 2048) -> np.ndarra
     return ranks
 
 
+def by_target(ranks: np.ndarray, test: list) -> dict[str, dict[str, float]]:
+    """P@20/MRR@20 on the rows whose target is already in the prefix (the repeat channel's
+    share) and on the rest."""
+    seen = np.array([t in pr for pr, t in test])
+    out = {}
+    for name, m in (("target_in_prefix", seen), ("target_new", ~seen)):
+        p, r = recall_mrr_at_k(ranks[m], 20)
+        out[name] = {"P@20": round(100 * p, 2), "MRR@20": round(100 * r, 2), "rows": int(m.sum())}
+    return out
+
+
 # Ablations: each row retrains with one part of the default changed, at the same budget
 ABLATIONS: dict[str, dict[str, object]] = {
     "no window attention": {"attention": False},
@@ -134,8 +145,10 @@ def run_variant(args: argparse.Namespace, train: list[list[str]], test: list, de
     vp, vm = recall_mrr_at_k(predict(model, valid, None, len(items), device).item_ranks, 20)
     row = {"valid_P@20": round(100 * vp, 2), "valid_MRR@20": round(100 * vm, 2)}
     if test:
-        p, m = recall_mrr_at_k(gru_ranks(model, items, test, device), 20)
-        row |= {"P@20": round(100 * p, 2), "MRR@20": round(100 * m, 2)}
+        ranks = gru_ranks(model, items, test, device)
+        p, m = recall_mrr_at_k(ranks, 20)
+        row |= {"P@20": round(100 * p, 2), "MRR@20": round(100 * m, 2),
+                "by_target": by_target(ranks, test)}
     row |= {"epochs_run": report["epochs_run"], "train_seconds": round(report["train_seconds"], 1),
             "evaluate_seconds": round(time.time() - t_eval, 1)}
     return {"row": row, "cfg": cfg, "report": report, "n_items": len(items)}
@@ -193,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for name, ranks in (baseline_ranks(train, test).items() if test else ()):
         p, m = recall_mrr_at_k(ranks, 20)
-        results[name] = {"P@20": round(100 * p, 2), "MRR@20": round(100 * m, 2)}
+        results[name] = {"P@20": round(100 * p, 2), "MRR@20": round(100 * m, 2),
+                         "by_target": by_target(ranks, test)}
     results["clickstream-gru"] = main_run["row"]
     names = list(ABLATIONS) if args.ablations == "all" else [a for a in args.ablations.split(",") if a]
     ablations = {"default": main_run["row"]}
