@@ -209,8 +209,8 @@ class EventPipeline:
                 msgs.append(OutMessage(self.valid_events, part, key, e.to_json()))
             if e.ts > self.event_clock.get(part, 0.0):
                 self.event_clock[part] = e.ts
-        for (part, user), st in result.states.items():  # type: ignore[misc]
-            out.rows[(part, user)] = encode(st)
+        for row, st in result.states.items():
+            out.rows[row] = encode(st)  # type: ignore[index]  # rows are (partition, user) here
         n = len(accepted)
         self._m_accepted.inc(n - result.stats["replayed"])
         self._m_replayed.inc(result.stats["replayed"])
@@ -238,12 +238,11 @@ def _header_list(headers: Any) -> list[tuple[str, bytes]]:
 class Delivery:
     """Runs one batch through the pipeline and makes its effects durable in the safe order."""
 
-    def __init__(self, *, app: Any, pipeline: EventPipeline, table: Any, outputs: dict[str, Any],
-                 ledger: OffsetLedger, metrics: Metrics, bootstrap: str) -> None:
+    def __init__(self, *, app: Any, pipeline: EventPipeline, table: Any, ledger: OffsetLedger,
+                 metrics: Metrics, bootstrap: str) -> None:
         self.app = app
         self.pipeline = pipeline
         self.table = table
-        self.outputs = outputs  # topic name -> faust topic
         self.ledger = ledger
         self.metrics = metrics
         self.bootstrap = bootstrap
@@ -280,19 +279,25 @@ class Delivery:
                     continue
                 del self.refetching[tp]
             try:
-                gen = self.ledger.arrive(tp, msg.offset, self.app.consumer._committed_offset.get(tp))
+                admitted.append((ev, self.ledger.arrive(tp, msg.offset,
+                                                        self.app.consumer._committed_offset.get(tp))))
             except OffsetHole as hole:
                 gen = await self._explain(stream, ev, hole)
-                if gen is None:
-                    continue
-            admitted.append((ev, gen))
+                if gen is not None:
+                    admitted.append((ev, gen))
         return admitted
 
     async def _explain(self, stream: Any, ev: Any, hole: OffsetHole) -> int | None:
         """A jump in offsets: legitimate if the broker holds no record in between (transaction
         markers, compaction); otherwise events were lost between fetch and agent (Faust's
         recovery race, faust-streaming#596): seek back and read them again."""
-        first = await first_record_offset(self.bootstrap, hole.tp, hole.expected)
+        log.warning("offset jump in %s[%d]: expected %d, got %d; asking the broker what lies between",
+                    hole.tp.topic, hole.tp.partition, hole.expected, hole.got)
+        try:
+            first = await asyncio.wait_for(
+                first_record_offset(self.bootstrap, hole.tp, hole.expected), timeout=30)
+        except TimeoutError:
+            first = None
         if first is not None and first >= hole.got:
             self.ledger.skip(hole.tp, hole.got)
             return self.ledger.arrive(hole.tp, hole.got, None)
@@ -310,17 +315,19 @@ class Delivery:
         out = self.pipeline.process([ev.message for ev, _ in admitted])
         self.in_flight = set(out.rows)
         try:
-            sends = [self.outputs[m.topic].send_soon(key=m.key, value=m.value, partition=m.partition,
-                                                     headers=m.headers) for m in out.messages]
-            await _all_delivered(sends)
+            await _all_delivered([await self._send(m) for m in out.messages])
             for m in out.messages:
                 self.metrics.messages_produced.labels(m.topic).inc()
-            await _all_delivered([self.table.send(p, u.encode(), v) for (p, u), v in out.rows.items()])
             by_partition: dict[int, dict[bytes, bytes | None]] = {}
             for (p, u), v in out.rows.items():
                 by_partition.setdefault(p, {})[u.encode()] = v
+            stored = await _all_delivered([await self.table.send(p, k, v)
+                                           for p, rows in by_partition.items() for k, v in rows.items()])
+            last: dict[int, int] = {}
+            for meta in stored:
+                last[meta.partition] = max(last.get(meta.partition, -1), meta.offset)
             for p, rows in by_partition.items():
-                self.table.put_local(p, rows)
+                self.table.put_local(p, rows, last.get(p))
         finally:
             self.in_flight = set()
         now = time.time()
@@ -333,10 +340,32 @@ class Delivery:
                 lat.observe(max(now - msg.timestamp, 0.0))
 
 
-async def _all_delivered(futures: list[Any]) -> None:
+    async def _send(self, m: OutMessage) -> Any:
+        """Hand one message to the producer (Faust's aiokafka producer, without Faust's buffer, so a
+        failure raises here); returns its delivery future. A dead letter the broker cannot take as
+        it is (too large for a request, unusable headers) goes as a truncated copy that says so,
+        instead of stopping the worker on every restart."""
+        send = self.app.producer.send
+        try:
+            return await send(m.topic, m.key, m.value, m.partition, None, m.headers)
+        except Exception as exc:  # noqa: BLE001 - only dead letters have a fallback
+            if m.topic != self.pipeline.dead_letters:
+                raise
+            size = len(m.value or b"")
+            log.warning("dead letter not accepted as is (%r); sending a truncated copy", exc)
+            headers = [(k, v) for k, v in (m.headers or []) if k.startswith("x-dlq-")
+                       and isinstance(v, bytes)]
+            headers.append(("x-dlq-truncated-from-bytes", str(size).encode()))
+            return await send(m.topic, m.key, (m.value or b"")[:MAX_DEAD_LETTER_BYTES], m.partition,
+                              None, headers)
+
+
+MAX_DEAD_LETTER_BYTES = 64 * 1024
+
+
+async def _all_delivered(futures: list[Any]) -> list[Any]:
     """Wait for every delivery; the first failure raises (and nothing is acknowledged)."""
-    if futures:
-        await asyncio.gather(*futures)
+    return list(await asyncio.gather(*futures)) if futures else []
 
 
 async def first_record_offset(bootstrap: str, tp: Any, offset: int, timeout_s: float = 10.0) -> int | None:
@@ -397,7 +426,7 @@ class IdleSweep:
                 raw = self.table.get(p, key)
                 if raw is None or last_seen_of(raw) >= cutoff:
                     continue  # came back meanwhile
-                self.table.delete(p, key)
+                await self.table.delete(p, key)
                 self.forget((p, key.decode()))
                 deleted += 1
                 held -= 1

@@ -82,10 +82,8 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
         valid_events=t.valid_events if settings.emit_valid_events else None,
         max_future_s=settings.max_future_s, breaker_failures=settings.breaker_failures,
     )
-    outputs = {name: _raw_topic(app, name, settings.partitions)
-               for name in (t.next_action, t.churn, t.valid_events, t.dead_letters)}
-    delivery = Delivery(app=app, pipeline=pipeline, table=table, outputs=outputs, ledger=app.ledger,
-                        metrics=metrics, bootstrap=settings.bootstrap)
+    delivery = Delivery(app=app, pipeline=pipeline, table=table, ledger=app.ledger, metrics=metrics,
+                        bootstrap=settings.bootstrap)
     app.pipeline = pipeline  # type: ignore[attr-defined]
     events = _raw_topic(app, t.events, settings.partitions)
     metrics.info.labels(settings.app_id, __version__).set(1)
@@ -99,13 +97,11 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
     # concurrency 1: higher concurrency can commit past an in-flight message (Faust #606)
     app.agent(events, name=AGENT_NAME, concurrency=1)(process)
 
-    @app.on_partitions_revoked.connect
-    async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
-        delivery.reset()
+    def _rebalanced(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        delivery.reset()  # positions start again from the committed offsets
 
-    @app.on_partitions_assigned.connect
-    async def _assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
-        delivery.reset()
+    app.on_partitions_revoked.connect(_rebalanced)
+    app.on_partitions_assigned.connect(_rebalanced)
 
     sweep = IdleSweep(app=app, table=table, delivery=delivery, window_s=settings.window_seconds,
                       max_future_s=settings.max_future_s, metrics=metrics,

@@ -94,7 +94,7 @@ def run_demo(rate: float = 20.0, users: int = 50, show: tuple[str, ...] | None =
                     print(_format(rec.topic, settings, rec.value, rec.headers), flush=True)
             dead = [c for c in children if c.poll() is not None]
             if dead:
-                print(f"a child process exited ({dead[0].args[3]}); see logs in {work}")
+                print(f"a child process exited ({dead[0].args!r}); see logs in {work}")
                 return 1
     except KeyboardInterrupt:
         pass

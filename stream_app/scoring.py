@@ -111,11 +111,12 @@ class _Readout:
         probs = torch.softmax(out.action_logits, -1).cpu().numpy()
         churn = torch.sigmoid(out.churn_logit).cpu().tolist()
         top_v, top_i = p.model.top_items(out, rq, window, p.k, len(p.items))
-        top_v, top_i = top_v.cpu().tolist(), top_i.cpu().tolist()  # plain floats: cheap to serialise
+        # plain floats: cheap to serialise
+        top_vals, top_idx = top_v.cpu().tolist(), top_i.cpu().tolist()
         ids = self.ids
         for n, i in enumerate(idx):
             self.preds[i] = Prediction(self.events[i], p.version, probs[n], churn[n],
-                                       list(zip([ids[j - 1] for j in top_i[n]], top_v[n], strict=True)),
+                                       list(zip([ids[j - 1] for j in top_idx[n]], top_vals[n], strict=True)),
                                        replayed)
 
 
@@ -179,6 +180,7 @@ def score_batch(p: Predictor, events: Sequence[Event], states: dict[Hashable, Us
         out, rq = p.model.readout(h_fin[:, cols], x)
         readout([i for _, i in replays], out, rq, x.window, True)
     for u in users:
-        if u not in final and runs[u].prev is not None:
-            final[u] = runs[u].prev  # only replays: unchanged
+        prev = runs[u].prev
+        if u not in final and prev is not None:
+            final[u] = prev  # only replays: unchanged
     return BatchResult([q for q in preds if q is not None], final, stats)

@@ -6,12 +6,13 @@ partition. Faust's Table API picks a row's partition implicitly (the "current ev
 murmur2 hash of the key); this wrapper names it explicitly, so the agent, the idle sweep and the
 tests all say which partition they mean.
 
-Writes return the changelog delivery future (the agent awaits it before acknowledging the input)
-and are applied to the local RocksDB copy only when the caller says so (`put_local`), after the
-changelog holds them: a local row is never ahead of its changelog.
+Writes go to the changelog first (`send` returns the delivery future, which the agent awaits
+before acknowledging the input) and are applied to the local RocksDB copy only when the caller
+says so (`put_local`, with the changelog offset they were stored at): a local row is never ahead
+of its changelog.
 
 Relies on Faust 0.15's RocksDB store internals (`_db_for_partition`, `_visible_items`,
-`_on_changelog_sent`); the dependency pin in pyproject.toml keeps them where they are.
+`set_persisted_offset`); the dependency pin in pyproject.toml keeps them where they are.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from faust.types import TP
-
-KEY_SERIALIZER = VALUE_SERIALIZER = "raw"
 
 
 class StateTable:
@@ -35,27 +34,29 @@ class StateTable:
     def get(self, partition: int, key: bytes) -> bytes | None:
         return self._store._db_for_partition(partition).get(key)
 
-    def send(self, partition: int, key: bytes, value: bytes | None) -> Any:
+    async def send(self, partition: int, key: bytes, value: bytes | None) -> Any:
         """Send a row (or a tombstone) to the changelog partition; returns the delivery future."""
-        return self.table.changelog_topic.send_soon(
-            key=key, value=value, partition=partition, key_serializer=KEY_SERIALIZER,
-            value_serializer=VALUE_SERIALIZER, callback=self.table._on_changelog_sent,
-            eager_partitioning=True)
+        return await self.table.app.producer.send(self.table.changelog_topic_name, key, value,
+                                                  partition, None, None)
 
-    def put_local(self, partition: int, rows: dict[bytes, bytes | None]) -> None:
+    def put_local(self, partition: int, rows: dict[bytes, bytes | None],
+                  changelog_offset: int | None = None) -> None:
+        """Apply rows already stored in the changelog (up to `changelog_offset`) locally; the
+        offset tells a restarted worker where to resume reading the changelog."""
         db = self._store._db_for_partition(partition)
         for key, value in rows.items():
             if value is None:
                 db.delete(key)
             else:
                 db.put(key, value)
+        if changelog_offset is not None:
+            self._store.set_persisted_offset(self.changelog_tp(partition), changelog_offset)
 
-    def delete(self, partition: int, key: bytes) -> Any:
+    async def delete(self, partition: int, key: bytes) -> None:
         """Tombstone to the changelog and delete locally (the idle sweep: the row is not derived
-        from any input offset, so nothing waits for the future)."""
-        fut = self.send(partition, key, None)
+        from any input offset, so nothing waits for the delivery)."""
+        await self.send(partition, key, None)
         self._store._db_for_partition(partition).delete(key)
-        return fut
 
     def scan(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
         """Every row of one partition (Faust's own offset bookkeeping key excluded)."""

@@ -13,8 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from stream_app import broker
+
+# Property tests check properties, not speed: on a slow, loaded 2-core machine input generation
+# can trip Hypothesis's timing health checks and per-example deadlines, so both are off.
+settings.register_profile("default", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")

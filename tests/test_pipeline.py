@@ -29,15 +29,15 @@ class DictTable:
     def get(self, partition, key):
         return self.parts.get(partition, {}).get(key)
 
-    def send(self, partition, key, value):
+    async def send(self, partition, key, value):
         self.changelog.append((partition, key, value))
 
-    def put_local(self, partition, rows):
+    def put_local(self, partition, rows, changelog_offset=None):
         for k, v in rows.items():
             self.parts.setdefault(partition, {})[k] = v
 
-    def delete(self, partition, key):
-        self.send(partition, key, None)
+    async def delete(self, partition, key):
+        await self.send(partition, key, None)
         self.parts.get(partition, {}).pop(key, None)
 
     def scan(self, partition):

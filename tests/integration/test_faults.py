@@ -38,6 +38,7 @@ from .faults import (
     Outcome,
     by_event,
     describe,
+    end_total,
     event_id_of,
     keyed,
     original,
@@ -315,13 +316,16 @@ def test_hostile_input_ends_as_predictions_or_dead_letters_and_cannot_erase_stat
 def _classify(bootstrap, s, sent):
     """message index -> ("dlq", reason) | ("predict", None) | missing; the dead letters by source;
     predictions by event id."""
-    dlq_records = read_topic(bootstrap, s.topics.dead_letters, 0, timeout=1)
+    # read up to the end offsets: one poll returns at most 500 records
+    dlq_records = read_topic(bootstrap, s.topics.dead_letters, end_total(bootstrap, s.topics.dead_letters),
+                             timeout=30)
     dlq = {}
     for r in dlq_records:
         h = dict(r.headers or [])
         src = (int(h.get("x-dlq-source-partition", b"-1")), int(h.get("x-dlq-source-offset", b"-1")))
         dlq[src] = ((h.get("x-dlq-reason") or b"").decode(), r)
-    preds = by_event(read_topic(bootstrap, s.topics.next_action, 0, timeout=1))
+    preds = by_event(read_topic(bootstrap, s.topics.next_action,
+                                end_total(bootstrap, s.topics.next_action), timeout=30))
     outcome, unaccounted = {}, []
     for i, (_, _, _, value, placed) in enumerate(sent):
         if placed in dlq:
