@@ -53,10 +53,11 @@ class StateTable:
             self._store.set_persisted_offset(self.changelog_tp(partition), changelog_offset)
 
     async def delete(self, partition: int, key: bytes) -> None:
-        """Tombstone to the changelog and delete locally (the idle sweep: the row is not derived
-        from any input offset, so nothing waits for the delivery)."""
-        await self.send(partition, key, None)
+        """Delete locally, then tombstone the changelog (the idle sweep). Local first: the caller
+        checked the row without yielding, and an agent write that comes after this await must
+        not be deleted."""
         self._store._db_for_partition(partition).delete(key)
+        await self.send(partition, key, None)
 
     def scan(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
         """Every row of one partition (Faust's own offset bookkeeping key excluded)."""

@@ -592,7 +592,9 @@ def run_many_users(bootstrap: str, ns: str, work: Path, registry: Path, *, users
         bound = sum(1 for ts, part in last.values() if ts >= clock[part] - window_s)
         end = time.monotonic() + 60  # the sweep runs every second: wait for it to settle
         final = sample()
-        while time.monotonic() < end and final["active_users"] > bound:
+        users = len(last)
+        while time.monotonic() < end and (final["active_users"] > bound
+                                          or final["expired_users_total"] < users - bound):
             time.sleep(1.0)
             final = sample()
         received = len({event_id_of(r) for r in read_topic(bootstrap, s.topics.next_action,

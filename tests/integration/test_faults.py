@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import NonInteractiveExampleWarning
 from safetensors.torch import load_file, save_file
 
-from models.checkpoint import load_version, save_version, set_current
+from models.checkpoint import list_versions, load_version, save_version, set_current
 from stream_app.admin import ensure_topics, topic_specs
 from stream_app.config import Settings
 from stream_app.records import ACTIONS
@@ -357,8 +357,9 @@ def _tampered_version(reg) -> str:
 
 
 def _nan_version(reg) -> str:
-    """A version with a consistent checksum but NaN weights."""
-    lm = load_version(reg)
+    """A version with a consistent checksum but NaN weights (made from the first, intact version:
+    CURRENT names the tampered one by now)."""
+    lm = load_version(reg, list_versions(reg)[0])
     model = copy.deepcopy(lm.model)
     with torch.no_grad():
         for p in list(model.parameters())[:3]:
@@ -405,6 +406,7 @@ def test_tampered_or_nan_model_version_is_refused_and_serving_continues(kafka_bo
     out.collect(kafka_bootstrap, s, timeout=60)
     versions = collections.Counter(orjson.loads(r.value)["model_version"] for r in out.next_action)
     assert set(versions) == {v1}, versions
+    set_current(reg, v1)  # the reference is the version the worker kept serving
     problems = out.problems(reg)  # still v1's predictions, from an intact state
     assert not problems, describe(problems, out)
 
