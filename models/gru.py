@@ -104,6 +104,8 @@ class Outputs:
 
 
 class ClickstreamGRU(nn.Module):
+    gap_edges: Tensor  # (len(GAP_EDGES_S),) log1p of the gap bucket edges, a buffer
+
     def __init__(self, cfg: GRUConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -164,7 +166,7 @@ class ClickstreamGRU(nn.Module):
         att = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)  # all-empty window -> 0
         return (att.unsqueeze(-1) * w_emb).sum(-2)
 
-    def _heads(self, o: Tensor, x: Events) -> Outputs:
+    def _heads(self, o: Tensor, x: Events) -> tuple[Outputs, Tensor]:
         o = self.drop(o)
         churn_in = torch.cat([o, x.log_gap.unsqueeze(-1).float()], dim=-1)
         read = o
@@ -179,7 +181,7 @@ class ClickstreamGRU(nn.Module):
             item_query=q,
             repeat_gate=(torch.sigmoid(self.gate(o).squeeze(-1)) if self.cfg.repeat_head
                          else o.new_zeros(o.shape[:-1])),
-        ), self.repeat_query(o)  # type: ignore[return-value]
+        ), self.repeat_query(o)
 
     # --- entry points -----------------------------------------------------------------------
     def step(self, x: Events, h: Tensor) -> tuple[Outputs, Tensor, Tensor]:
@@ -189,7 +191,7 @@ class ClickstreamGRU(nn.Module):
         """
         z = self._embed(x).unsqueeze(1)  # (B, 1, E)
         o, h_new = self.gru(z, h.contiguous())
-        out, rq = self._heads(o.squeeze(1), x)  # type: ignore[misc]
+        out, rq = self._heads(o.squeeze(1), x)
         return out, rq, h_new
 
     def forward(self, x: Events, h0: Tensor | None = None) -> tuple[Outputs, Tensor, Tensor]:
@@ -199,13 +201,13 @@ class ClickstreamGRU(nn.Module):
         if h0 is None:
             h0 = self.init_state(z.shape[0], z.device)
         o, h_n = self.gru(z, h0)
-        out, rq = self._heads(o, x)  # type: ignore[misc]
+        out, rq = self._heads(o, x)
         return out, rq, h_n
 
     def readout(self, h: Tensor, x: Events) -> tuple[Outputs, Tensor]:
         """Heads on a state h (layers, B, H) whose latest event was x (B,): the prediction that
         followed x, without stepping again. Returns (outputs, repeat_query)."""
-        return self._heads(h[-1], x)  # type: ignore[return-value]
+        return self._heads(h[-1], x)
 
     # --- next-item distribution -------------------------------------------------------------
     def _repeat_attention(self, rq: Tensor, window: Tensor) -> Tensor:
