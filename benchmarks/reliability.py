@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     many = args.users or (20_000 if quick else 200_000)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     only = set(args.only or ["worker_sigkill", "broker_sigterm", "broker_sigkill", "two_workers",
-                             "many_users"])
+                             "two_workers_no_standby", "many_users"])
     env = environment("cpu")
     work = Path(tempfile.mkdtemp(prefix="bench-reliability-"))
     registry = work / "registry"
@@ -109,12 +109,15 @@ def main(argv: list[str] | None = None) -> None:
                 return _checked(out, registry, time.monotonic() - t0)
             return run
 
-        def two_workers(t0: float) -> dict[str, Any]:
-            d = work / "s3"
-            d.mkdir()
-            out, _ = faults.run_failover(bs, "r3.", d, registry, users=users, events=events,
-                                         rate=rate, seed=seed + 2, timeout=600)
-            return _checked(out, registry, time.monotonic() - t0)
+        def two_workers(standby: int) -> Any:
+            def run(t0: float) -> dict[str, Any]:  # the same traffic with and without standbys
+                d = work / f"s3-standby{standby}"
+                d.mkdir()
+                out, _ = faults.run_failover(bs, f"r3s{standby}.", d, registry, users=users,
+                                             events=events, rate=rate, seed=seed + 2, timeout=600,
+                                             standby_replicas=standby)
+                return _checked(out, registry, time.monotonic() - t0) | {"standby_replicas": standby}
+            return run
 
         def many_users(t0: float) -> dict[str, Any]:
             d = work / "s6"
@@ -132,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
         record("worker_sigkill", worker_sigkill)
         record("broker_sigterm", broker_restart("sigterm"))
         record("broker_sigkill", broker_restart("sigkill"))
-        record("two_workers", two_workers)
+        record("two_workers", two_workers(1))
+        record("two_workers_no_standby", two_workers(0))
         record("many_users", many_users)
     finally:
         broker.down(shared)

@@ -157,11 +157,43 @@ def two_workers(d: dict[str, Any]) -> list[str]:
             f"<sub>{_env(d)}</sub>", ""]
 
 
+def _recovery(rs: list[dict[str, Any]]) -> str:
+    parts = []
+    for r in rs:
+        t = r.get("restart_to_first_prediction_s", r.get("kill_to_first_prediction_on_moved_partitions_s"))
+        if t is not None:
+            parts.append(f"{r['fault']} {t:.1f} s")
+    return "; ".join(parts) or "-"
+
+
+def reliability(d: dict[str, Any]) -> list[str]:
+    p = d["parameters"]
+    lines = [f"**Reliability under faults** ({p['producer']} producer, {p['events']:,} events per fault "
+             f"scenario at {p['rate_events_per_s']:.0f}/s offered, {p['partitions']} partitions, "
+             f"{p['kills']} SIGKILLs of the worker; all ok: **{d['all_ok']}**). Recovery = from "
+             "restart (or kill, for a peer) to the first new prediction.", "",
+             "| scenario | events | predicted | lost | duplicated | dead-lettered | recovery |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in d["results"].items():
+        if "error" in r:
+            lines.append(f"| {name} | error: {r['error'][:80]} | | | | | |")
+        elif name == "many_users":
+            lines.append(f"| {name} ({r['users']:,} users) | {r['events_sent']:,} | "
+                         f"{r['predictions_received']:,} | {r['lost']} | - | - | peak "
+                         f"{r['peak_state_bytes_per_user']:.0f} B/user, {r['peak_active_users']:,.0f} "
+                         "users held |")
+        else:
+            lines.append(f"| {name} | {r['events_sent']:,} | {r['predictions_received']:,} | {r['lost']} | "
+                         f"{r['duplicated']:,} | {r['dead_lettered']} | {_recovery(r['recoveries'])} |")
+    return lines + ["", f"<sub>{_env(d)}</sub>", ""]
+
+
 def render() -> str:
     out = [BEGIN, ""]
     for name, fn in (("next_item.json", next_item), ("next_action.json", next_action),
                      ("churn.json", churn), ("throughput.json", throughput), ("gru_step.json", gru_step),
-                     ("scaling.json", scaling), ("two_workers.json", two_workers)):
+                     ("scaling.json", scaling), ("two_workers.json", two_workers),
+                     ("reliability.json", reliability)):
         d = _load(name)
         if d is None:
             out += [f"_{name}: not measured yet._", ""]

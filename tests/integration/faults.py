@@ -462,15 +462,19 @@ def run_broker_restart(work: Path, registry: Path, *, mode: str, users: int, eve
 
 # --- scenario 3: two workers, one SIGKILLed ---------------------------------------------------------
 def run_failover(bootstrap: str, ns: str, work: Path, registry: Path, *, users: int, events: int,
-                 rate: float, seed: int, timeout: float = 240.0) -> tuple[Outcome, WorkerProcess]:
+                 rate: float, seed: int, timeout: float = 240.0,
+                 standby_replicas: int | None = None) -> tuple[Outcome, WorkerProcess]:
     """Two workers of one app (own data dirs) share the partitions; one is SIGKILLed at ~40%;
-    the survivor must take its partitions over, restoring their state from the changelog.
+    the survivor must take its partitions over, restoring their state from the changelog (or
+    from its warm standby copy, `standby_replicas`; None = the worker's default).
     Returns the outcome and the survivor (stopped), whose log and last partitions the caller reads."""
     s = Settings(bootstrap=bootstrap, namespace=ns, partitions=PARTITIONS)
     ensure_topics(bootstrap, topic_specs(s))
     evs = sim_events(users, events, seed)
     out = Outcome("two_workers_one_killed", evs)
     env = {"CLICKSTREAM_PARTITIONS": str(PARTITIONS)}
+    if standby_replicas is not None:
+        env["CLICKSTREAM_STANDBY_REPLICAS"] = str(standby_replicas)
     ws = [start_worker(bootstrap, ns, work, env=env, extra_args=worker_args(registry),
                        data_dir=work / f"worker-data-{i}", ready_timeout=timeout) for i in range(2)]
     out.logs += [w.log_path for w in ws]
