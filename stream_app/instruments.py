@@ -24,7 +24,7 @@ class Metrics:
             "clickstream_events_rejected_total", "Input messages sent to the dead-letter topic",
             ["reason"], registry=r)
         self.messages_produced = Counter(
-            "clickstream_messages_produced_total", "Messages handed to the producer", ["topic"],
+            "clickstream_messages_produced_total", "Messages acknowledged by the broker", ["topic"],
             registry=r)
         self.late_events = Counter(
             "clickstream_late_events_total", "Events older than their user's newest event", registry=r)
@@ -58,7 +58,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r)
         self.latency = Histogram(
             "clickstream_event_to_prediction_seconds",
-            "From the input message's Kafka timestamp to its predictions being handed to the producer",
+            "From the input message's Kafka timestamp to the broker acknowledging its predictions",
             buckets=LATENCY_BUCKETS, registry=r)
         self.active_users = Gauge(
             "clickstream_active_users", "User states held by this worker (at the last sweep)",
