@@ -39,7 +39,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from .instruments import Metrics
-from .offsets import OffsetHole, OffsetLedger
+from .offsets import OffsetHole, OffsetLedger, committed_position
 from .predictor import Predictor
 from .records import (
     KEY_MISMATCH,
@@ -280,7 +280,7 @@ class Delivery:
                 del self.refetching[tp]
             try:
                 admitted.append((ev, self.ledger.arrive(tp, msg.offset,
-                                                        self.app.consumer._committed_offset.get(tp))))
+                                                        committed_position(self.app, tp))))
             except OffsetHole as hole:
                 gen = await self._explain(stream, ev, hole)
                 if gen is not None:

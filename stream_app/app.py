@@ -105,7 +105,7 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
 
     sweep = IdleSweep(app=app, table=table, delivery=delivery, window_s=settings.window_seconds,
                       max_future_s=settings.max_future_s, metrics=metrics,
-                      forget=predictor.cache.forget)
+                      forget=lambda row: predictor.cache.forget(row))  # the cache of the day
 
     @app.timer(settings.sweep_interval_s)
     async def expire_idle_users() -> None:
@@ -128,7 +128,6 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
             return
         old = predictor.version
         predictor.install(loaded)
-        sweep.forget = predictor.cache.forget
         metrics.set_model(predictor.version, str(predictor.device))
         log.info("model swapped %s -> %s", old, predictor.version)
 
