@@ -30,7 +30,7 @@ from stream_app.admin import ensure_topics, topic_specs
 from stream_app.config import Settings
 from stream_app.records import ACTIONS
 
-from ..modelkit import make_registry, offline_predictions
+from ..modelkit import offline_predictions
 from .faults import (
     MAX_STATE_BYTES_PER_USER,
     PARTITIONS,
@@ -52,13 +52,6 @@ from .faults import (
 from .helpers import metric_value, read_topic, start_worker
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    path = tmp_path_factory.mktemp("registry")
-    make_registry(path)
-    return path
 
 
 def _seed() -> int:

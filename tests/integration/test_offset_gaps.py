@@ -14,7 +14,6 @@ from stream_app.admin import ensure_topics, topic_specs
 from stream_app.agents import first_record_offset
 from stream_app.config import Settings
 
-from ..modelkit import make_registry
 from .faults import by_event, event_id_of, sim_events
 from .helpers import metric_value, read_topic, start_worker
 
@@ -32,9 +31,8 @@ def _transactional_send(bootstrap: str, topic: str, events: list[dict], per_txn:
 
 
 def test_commit_markers_are_legitimate_gaps_and_nothing_is_lost_across_a_restart(
-        kafka_bootstrap, namespace, tmp_path):
-    reg = tmp_path / "registry"
-    make_registry(reg)
+        kafka_bootstrap, namespace, tmp_path, registry):
+    reg = registry
     s = Settings(bootstrap=kafka_bootstrap, namespace=namespace, partitions=1)
     ensure_topics(kafka_bootstrap, topic_specs(s))
     events = sim_events(10, 120, seed=61)

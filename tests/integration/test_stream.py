@@ -12,17 +12,10 @@ from stream_app.admin import ensure_topics, topic_specs
 from stream_app.config import Settings
 from stream_app.simulator import SimConfig, Storefront, messages, produce
 
-from ..modelkit import make_registry, offline_predictions
+from ..modelkit import offline_predictions
 from .helpers import read_topic, start_worker
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    path = tmp_path_factory.mktemp("registry")
-    make_registry(path)
-    return path
 
 
 def _event_id(record) -> str:
