@@ -37,6 +37,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
+from faust.types import TP
 
 from .instruments import Metrics
 from .offsets import OffsetHole, OffsetLedger, committed_position
@@ -247,12 +248,10 @@ class Delivery:
         self.metrics = metrics
         self.bootstrap = bootstrap
         self.in_flight: set[Row] = set()  # rows computed but not yet written locally (the sweep skips them)
-        self.refetching: dict[Any, int] = {}  # tp -> offset re-read after a hole; later copies dropped
 
     def reset(self) -> None:
         """A rebalance: positions start again from the committed offsets."""
         self.ledger.reset()
-        self.refetching.clear()
 
     async def run(self, stream: Any, events: Sequence[Any]) -> None:
         try:
@@ -265,54 +264,48 @@ class Delivery:
             logging.shutdown()
             os._exit(EXIT_INFRA)
 
-    async def _admit(self, stream: Any, events: Sequence[Any]) -> list[tuple[Any, int]]:
-        """Check each event's offset follows its partition's previous one; returns (event,
-        ledger generation) for the events to process."""
-        admitted = []
+    async def _admit(self, stream: Any, events: Sequence[Any]) -> list[Admitted]:
+        """Check each event's offset follows its partition's previous one; returns (message,
+        ledger generation, Faust event or None) for everything to process, in offset order per
+        partition, including events re-read from the broker to fill a hole."""
+        admitted: list[Admitted] = []
         for ev in events:
             msg = ev.message
             tp = msg.tp
-            waiting = self.refetching.get(tp)
-            if waiting is not None:
-                if msg.offset != waiting:
-                    await stream.ack(ev)  # a stale copy from before the seek: re-read in order later
-                    continue
-                del self.refetching[tp]
             try:
-                admitted.append((ev, self.ledger.arrive(tp, msg.offset,
-                                                        committed_position(self.app, tp))))
+                admitted.append((msg, self.ledger.arrive(tp, msg.offset, committed_position(self.app, tp)),
+                                 ev))
             except OffsetHole as hole:
-                gen = await self._explain(stream, ev, hole)
-                if gen is not None:
-                    admitted.append((ev, gen))
+                admitted += await self._fill(hole)
+                admitted.append((msg, self.ledger.arrive(tp, msg.offset, None), ev))
         return admitted
 
-    async def _explain(self, stream: Any, ev: Any, hole: OffsetHole) -> int | None:
-        """A jump in offsets: legitimate if the broker holds no record in between (transaction
-        markers, compaction); otherwise events were lost between fetch and agent (Faust's
-        recovery race, faust-streaming#596): seek back and read them again."""
+    async def _fill(self, hole: OffsetHole) -> list[Admitted]:
+        """A jump in offsets: legitimate where the broker holds no record (transaction markers,
+        compaction). Records it does hold never reached the agent (Faust's recovery race,
+        faust-streaming#596: events fetched before the post-rebalance seek are cleared from the
+        agent's queue and their re-fetched copies dropped). They are read here, straight from the
+        broker, and processed before the event that revealed the hole. (Seeking Faust's consumer
+        back runs into the same race: its buffered messages move the read offset past the seek.)"""
+        tp = hole.tp
         log.warning("offset jump in %s[%d]: expected %d, got %d; asking the broker what lies between",
-                    hole.tp.topic, hole.tp.partition, hole.expected, hole.got)
-        try:
-            first = await asyncio.wait_for(
-                first_record_offset(self.bootstrap, hole.tp, hole.expected), timeout=30)
-        except TimeoutError:
-            first = None
-        if first is not None and first >= hole.got:
-            self.ledger.skip(hole.tp, hole.got)
-            return self.ledger.arrive(hole.tp, hole.got, None)
-        resume = hole.expected if first is None else first
-        self.metrics.offset_holes.inc()
-        log.warning("offsets %d..%d of %s[%d] never reached the agent; re-reading from %d",
-                    hole.expected, hole.got - 1, hole.tp.topic, hole.tp.partition, resume)
-        self.ledger.skip(hole.tp, resume)
-        self.refetching[hole.tp] = resume
-        await self.app.consumer.seek(hole.tp, resume)
-        await stream.ack(ev)
-        return None
+                    tp.topic, tp.partition, hole.expected, hole.got)
+        records = await asyncio.wait_for(
+            read_records(self.bootstrap, tp, hole.expected, hole.got), timeout=60)
+        filled: list[Admitted] = []
+        for r in records:
+            self.ledger.skip(tp, r.offset)  # past any offsets without a record before it
+            filled.append((r, self.ledger.arrive(tp, r.offset, None), None))
+        self.ledger.skip(tp, hole.got)
+        if filled:
+            self.metrics.offset_holes.inc(len(filled))
+            log.warning("%d records of %s[%d] between offsets %d and %d never reached the agent; "
+                        "read them from the broker", len(filled), tp.topic, tp.partition,
+                        hole.expected, hole.got - 1)
+        return filled
 
-    async def _deliver(self, stream: Any, admitted: list[tuple[Any, int]]) -> None:
-        out = self.pipeline.process([ev.message for ev, _ in admitted])
+    async def _deliver(self, stream: Any, admitted: list[Admitted]) -> None:
+        out = self.pipeline.process([msg for msg, _, _ in admitted])
         self.in_flight = set(out.rows)
         try:
             await _all_delivered([await self._send(m) for m in out.messages])
@@ -332,9 +325,9 @@ class Delivery:
             self.in_flight = set()
         now = time.time()
         lat = self.metrics.latency
-        for ev, gen in admitted:
-            msg = ev.message
-            await stream.ack(ev)
+        for msg, gen, ev in admitted:
+            if ev is not None:  # a record re-read from the broker has no Faust event to ack
+                await stream.ack(ev)
             self.ledger.done(msg.tp, msg.offset, gen)
             if msg.timestamp:
                 lat.observe(max(now - msg.timestamp, 0.0))
@@ -368,19 +361,43 @@ async def _all_delivered(futures: list[Any]) -> list[Any]:
     return list(await asyncio.gather(*futures)) if futures else []
 
 
-async def first_record_offset(bootstrap: str, tp: Any, offset: int, timeout_s: float = 10.0) -> int | None:
-    """Offset of the first record at or after `offset` in a partition, read with a consumer of
-    our own (no group); None if none arrives in time."""
+@dataclass(frozen=True)
+class BrokerRecord:
+    """A record read with our own consumer, shaped like the Faust message the pipeline reads."""
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    timestamp: float | None  # seconds, like Faust's
+
+    @property
+    def tp(self) -> TP:
+        return TP(self.topic, self.partition)
+
+
+Admitted = tuple[Any, int, Any]  # (message, ledger generation, Faust event or None)
+
+
+async def read_records(bootstrap: str, tp: Any, start: int, end: int) -> list[BrokerRecord]:
+    """The records with start <= offset < end of one partition, read with a consumer of our own
+    (no group, nothing committed). Offsets without a record (transaction markers, compaction) are
+    simply absent."""
     part = TopicPartition(tp.topic, tp.partition)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 isolation_level="read_uncommitted")
     await consumer.start()
     try:
         consumer.assign([part])
-        consumer.seek(part, offset)
-        records = await consumer.getmany(part, timeout_ms=int(timeout_s * 1000), max_records=1)
-        got = records.get(part)
-        return got[0].offset if got else None
+        consumer.seek(part, start)
+        out: list[BrokerRecord] = []
+        while await consumer.position(part) < end:
+            for r in (await consumer.getmany(part, timeout_ms=1000)).get(part, []):
+                if r.offset < end:
+                    out.append(BrokerRecord(r.topic, r.partition, r.offset, r.key, r.value,
+                                            list(r.headers or []), r.timestamp / 1000.0))
+        return out
     finally:
         await consumer.stop()
 

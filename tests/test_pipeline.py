@@ -249,3 +249,37 @@ def test_format_1_rows_are_read_and_rewritten_as_the_current_format():
     back = decode(old)
     assert back.offset == -1 and back.n_events == 3 and last_seen_of(old) == 2.0
     assert replace(back, offset=7) == decode(row)
+
+
+def test_a_hole_is_filled_from_the_broker_before_the_event_that_revealed_it(predictor, monkeypatch):
+    """Faust's recovery race drops events between fetch and agent: the agent reads them itself."""
+    from faust.types import TP
+
+    import stream_app.agents as agents
+    from stream_app.offsets import OffsetLedger
+
+    tp = TP("events", 0)
+    table = DictTable()
+    pipe = make_pipeline(predictor, table)
+    ledger = OffsetLedger()
+    app = type("App", (), {"consumer": type("C", (), {"_committed_offset": {tp: 10}})()})()
+    delivery = agents.Delivery(app=app, pipeline=pipe, table=table, ledger=ledger,
+                               metrics=pipe.metrics, bootstrap="unused")
+
+    async def fake_read(bootstrap, tp_, start, end):
+        assert (start, end) == (10, 13)
+        return [agents.BrokerRecord("events", 0, o, b"u1", ev(o), [], None) for o in (10, 12)]  # 11: a marker
+
+    monkeypatch.setattr(agents, "read_records", fake_read)
+
+    class Ev:
+        def __init__(self, o):
+            self.message = agents.BrokerRecord("events", 0, o, b"u1", ev(o), [], None)
+
+    admitted = asyncio.run(delivery._admit(None, [Ev(13), Ev(14)]))
+    assert [m.offset for m, _, _ in admitted] == [10, 12, 13, 14]
+    assert [e is None for _, _, e in admitted] == [True, True, False, False]
+    for m, gen, _ in admitted:
+        ledger.done(m.tp, m.offset, gen)
+    assert ledger.committable(tp) == 15
+    assert pipe.metrics.registry.get_sample_value("clickstream_offset_holes_total") == 2
