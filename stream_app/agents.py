@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 DATA_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, IndexError, TypeError,
                                                  ArithmeticError, UnicodeError)
 EXIT_INFRA = 70  # EX_SOFTWARE: a supervisor restarts the worker; nothing was acknowledged
+MAX_DEAD_LETTER_BYTES = 64 * 1024  # a dead letter the broker refuses whole goes truncated to this
 
 Row = tuple[int, str]  # (partition, user id): a state row
 
@@ -351,9 +352,6 @@ class Delivery:
             headers.append(("x-dlq-truncated-from-bytes", str(size).encode()))
             return await send(m.topic, m.key, (m.value or b"")[:MAX_DEAD_LETTER_BYTES], m.partition,
                               None, headers)
-
-
-MAX_DEAD_LETTER_BYTES = 64 * 1024
 
 
 async def _all_delivered(futures: list[Any]) -> list[Any]:

@@ -84,7 +84,6 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
     )
     delivery = Delivery(app=app, pipeline=pipeline, table=table, ledger=app.ledger, metrics=metrics,
                         bootstrap=settings.bootstrap)
-    app.pipeline = pipeline  # type: ignore[attr-defined]
     events = _raw_topic(app, t.events, settings.partitions)
     metrics.info.labels(settings.app_id, __version__).set(1)
     metrics.set_model(predictor.version, str(predictor.device))

@@ -21,14 +21,11 @@ that was revoked meanwhile are ignored, so a stale batch cannot move a new assig
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
-
-log = logging.getLogger(__name__)
 
 
 class OffsetHole(RuntimeError):
@@ -49,14 +46,10 @@ class OffsetLedger:
         self._tracks: dict[TP, _Track] = {}
         self.generation = 0
 
-    def reset(self, tps: set[TP] | None = None) -> None:
-        """Forget partitions (all when None): called on every rebalance."""
+    def reset(self) -> None:
+        """Forget every partition: called on every rebalance."""
         self.generation += 1
-        if tps is None:
-            self._tracks.clear()
-        else:
-            for tp in tps:
-                self._tracks.pop(tp, None)
+        self._tracks.clear()
 
     def arrive(self, tp: TP, offset: int, start: int | None) -> int:
         """Record an event's arrival; returns the generation to pass to `done`. `start` is the
