@@ -188,6 +188,62 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_dir(args: argparse.Namespace) -> Path:
+    return Path(args.model_dir) if args.model_dir else Settings.from_env().model_dir
+
+
+def _actor(args: argparse.Namespace) -> str:
+    import getpass
+
+    return f"operator:{args.user or getpass.getuser()}"
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """Operators' view of the registry: list, show, promote, rollback (each change recorded)."""
+    import datetime
+    import json
+
+    from models.checkpoint import (
+        CheckpointError,
+        promote,
+        read_history,
+        rollback,
+        show_version,
+        version_summaries,
+    )
+
+    reg = _registry_dir(args)
+
+    def when(t: float | None) -> str:
+        return datetime.datetime.fromtimestamp(t or 0, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+    try:
+        if args.models_command == "list":
+            rows = version_summaries(reg)
+            if not rows:
+                print(f"no versions in {reg}")
+            for r in rows:
+                nxt = r["metrics"].get("test", {}).get("next_item", {})
+                hit = f"recall@20 {nxt['recall@20']:.3f}" if "recall@20" in nxt else ""
+                print(f"{'*' if r['current'] else ' '} {r['version']}  created {when(r['created_unix'])}"
+                      f"  items {r['items']}  promoted {len(r['promoted_unix'])}x  {hit}")
+            for e in read_history(reg)[-args.history:]:
+                print(f"  {when(e['time'])} {e['kind']:<8} {e['version']} (was {e['previous']}) "
+                      f"by {e['actor']}: {e['reason']}")
+        elif args.models_command == "show":
+            print(json.dumps(show_version(reg, args.version), indent=2, default=str))
+        elif args.models_command == "promote":
+            e = promote(reg, args.version, _actor(args), args.reason)
+            print(f"promoted {e['version']} (was {e['previous']}) in {reg}")
+        else:
+            e = rollback(reg, _actor(args), args.reason)
+            print(f"rolled back to {e['version']} (was {e['previous']}) in {reg}")
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -263,6 +319,21 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--model-dir", default="var/models",
                     help="model registry; a quick model is trained there if it is empty")
     dm.set_defaults(func=cmd_demo)
+    md = sub.add_parser("models", help="the model registry: list | show V | promote V | rollback")
+    msub = md.add_subparsers(dest="models_command", required=True)
+    m_list = msub.add_parser("list", help="versions (* = current) and the latest history")
+    m_list.add_argument("--history", type=int, default=10, help="history lines to show")
+    m_show = msub.add_parser("show", help="a version's manifest and history")
+    m_show.add_argument("version")
+    m_promote = msub.add_parser("promote", help="verify a version and put it in service")
+    m_promote.add_argument("version")
+    m_back = msub.add_parser("rollback", help="put back the version in service before the current")
+    for sp in (m_promote, m_back):
+        sp.add_argument("--reason", default="by hand", help="recorded in the history")
+        sp.add_argument("--user", help="recorded as operator:<user> (default: the login name)")
+    for sp in (m_list, m_show, m_promote, m_back):
+        sp.add_argument("--model-dir", help="model registry (default $CLICKSTREAM_MODEL_DIR or var/models)")
+    md.set_defaults(func=cmd_models)
     return p
 
 
