@@ -85,7 +85,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     s = _settings(args)
     ensure_topics(s.bootstrap, topic_specs(s))
     cfg = SimConfig(users=args.users, events=args.events, seed=args.seed,
-                    invalid_rate=args.invalid_rate)
+                    invalid_rate=args.invalid_rate,
+                    drift_every_s=args.drift_every if args.drift else 0.0,
+                    drift_strength=args.drift_strength)
     counts = produce(s.bootstrap, s.topics.events, cfg, rate=args.rate)
     print(f"sent {counts['valid']} valid and {counts['invalid']} invalid events to {s.topics.events}")
     return 0
@@ -288,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
     sm.add_argument("--seed", type=int, default=7)
     sm.add_argument("--invalid-rate", type=float, default=0.0)
+    sm.add_argument("--drift", action="store_true",
+                    help="behaviour drifts: popular items/categories rotate, funnel rates change")
+    sm.add_argument("--drift-every", type=float, default=3 * 3600.0,
+                    help="with --drift: seconds of event time between changes (default 3 h)")
+    sm.add_argument("--drift-strength", type=float, default=0.5,
+                    help="with --drift: share of the catalogue whose popularity moves per change")
     sm.set_defaults(func=cmd_simulate)
 
     wk = sub.add_parser("worker", help="run the stream worker")

@@ -16,6 +16,14 @@ The process, per user (latent engagement e ~ Beta(2, 2)):
 
 So the true probability that a user acts again within `horizon_s` of an event is known exactly:
     p_active = c * (1 - exp(-H/mu_s)) + (1 - c) * r * (1 - exp(-H/mu_r)),  p_churn = 1 - p_active.
+
+Drift (`drift_every_s` > 0): every `drift_every_s` of event time the storefront enters a new
+phase, as seasons and campaigns do: a share `drift_strength` of the catalogue swaps popularity
+ranks (yesterday's best sellers fade, others rise), a few categories are featured (their items
+weigh `FEATURED_BOOST` times more, and searches go to them half the time), and the funnel's
+carting and buying rates are scaled by a per-phase factor. Phase 0 is the undrifted storefront
+(the same events as without drift, up to the first change). Session and return rates do not
+drift, so `p_churn` stays the truth; `history_p_churn` assumes no drift.
 """
 
 from __future__ import annotations
@@ -63,6 +71,13 @@ class SimConfig:
     horizon_s: float = 1800.0  # churn horizon: no event within this => churned
     revisit_p: float = 0.3
     invalid_rate: float = 0.0  # fraction of messages replaced by malformed ones (tests, demos)
+    drift_every_s: float = 0.0  # > 0: behaviour changes every this many seconds of event time
+    drift_strength: float = 0.5  # share of the catalogue whose popularity ranks move per phase
+
+
+FEATURED_CATEGORIES = 0.1  # share of categories featured in a drifted phase
+FEATURED_BOOST = 4.0
+FUNNEL_DRIFT = (0.4, 2.0)  # range of the per-phase factor on add_to_cart / purchase / favorite
 
 
 @dataclass
@@ -91,7 +106,38 @@ class Storefront:
             self.by_category[c].append(i)
             self.by_category_w[c].append(weights[i])
         self.items = list(range(n))
+        self.base_weights = weights
         self.weights = weights
+        self.phase = 0
+        self.featured: list[int] = []  # categories on campaign in this phase
+        self.funnel_factor: dict[str, float] = {}  # action -> multiplier in this phase
+
+    def enter_phase(self, phase: int) -> None:
+        """Re-draw popularity, featured categories and funnel factors for drift phase `phase`
+        (phase 0: the undrifted storefront). Deterministic in (seed, phase)."""
+        cfg, n = self.cfg, self.cfg.items
+        self.phase = phase
+        if phase == 0:
+            self.weights, self.featured, self.funnel_factor = self.base_weights, [], {}
+        else:
+            prng = random.Random(cfg.seed * 100_003 + phase)
+            rank = list(range(n))  # rank[i]: item i's popularity rank
+            moved = prng.sample(range(n), int(round(cfg.drift_strength * n)))
+            new_ranks = [rank[i] for i in moved]
+            prng.shuffle(new_ranks)
+            for i, r in zip(moved, new_ranks, strict=True):
+                rank[i] = r
+            self.featured = prng.sample(range(cfg.categories),
+                                        max(1, int(FEATURED_CATEGORIES * cfg.categories)))
+            featured = set(self.featured)
+            self.weights = [self.base_weights[rank[i]]
+                            * (FEATURED_BOOST if self.item_category[i] in featured else 1.0)
+                            for i in range(n)]
+            self.funnel_factor = {a: prng.uniform(*FUNNEL_DRIFT)
+                                  for a in ("add_to_cart", "purchase", "favorite")}
+        self.by_category_w = [[] for _ in range(cfg.categories)]
+        for i, c in enumerate(self.item_category):
+            self.by_category_w[c].append(self.weights[i])
 
     @staticmethod
     def continue_p(action: str, e: Any) -> Any:
@@ -115,6 +161,8 @@ class Storefront:
 
     def _pick(self, table: dict[str, float], e: float) -> str:
         w = self.action_weights(table, e)
+        if self.funnel_factor:
+            w = {k: v * self.funnel_factor.get(k, 1.0) for k, v in w.items()}
         return self.rng.choices(list(w), list(w.values()))[0]
 
     def _item(self, u: _User) -> int:
@@ -136,7 +184,10 @@ class Storefront:
                               "user_id": u.uid, "ts": round(ts, 3), "action": action,
                               "session_id": f"{u.uid}-s{u.session}"}
         if action == "search":
-            c = self.rng.randrange(self.cfg.categories)
+            if self.featured and self.rng.random() < 0.5:
+                c = self.rng.choice(self.featured)
+            else:
+                c = self.rng.randrange(self.cfg.categories)
             ev["query"] = f"{WORDS[c % len(WORDS)]} {c}"
             ev["category_id"] = f"c{c}"
         else:
@@ -164,6 +215,10 @@ class Storefront:
         produced = 0
         while heap and produced < cfg.events:
             ts, i, new_session = heapq.heappop(heap)
+            if cfg.drift_every_s > 0:
+                phase = max(0, int((ts - cfg.start_ts) // cfg.drift_every_s))
+                if phase != self.phase:
+                    self.enter_phase(phase)
             u = users[i]
             ev = self._next_event(u, ts, new_session)
             truth = {"p_churn": float(self.p_churn(ev["action"], u.engagement)),

@@ -99,3 +99,59 @@ def test_invalid_rate():
     msgs = list(messages(SimConfig(users=50, events=2000, invalid_rate=0.1)))
     bad = sum(not ok for _, _, ok in msgs)
     assert 120 < bad < 280
+
+
+def _phase_stats(evs: list[dict]) -> tuple[collections.Counter, collections.Counter, float]:
+    items = collections.Counter(e["item_id"] for e in evs if "item_id" in e and e["action"] == "view")
+    cats = collections.Counter(e["category_id"] for e in evs if e["action"] == "search")
+    carts = sum(e["action"] in ("add_to_cart", "purchase") for e in evs) / len(evs)
+    return items, cats, carts
+
+
+def _total_variation(a: collections.Counter, b: collections.Counter) -> float:
+    na, nb = sum(a.values()), sum(b.values())
+    return 0.5 * sum(abs(a[k] / na - b[k] / nb) for k in set(a) | set(b))
+
+
+def test_drift_rotates_popular_items_categories_and_funnel_rates():
+    period = 6 * 3600.0
+    base = SimConfig(users=800, events=30_000, seed=5, items=2000, categories=30)
+    drifting = SimConfig(**{**base.__dict__, "drift_every_s": period, "drift_strength": 1.0})
+    calm = [e for e, _ in Storefront(base).events()]
+    moved = [e for e, _ in Storefront(drifting).events()]
+    cut = base.start_ts + period
+    # phase 0 is the undrifted storefront, event for event
+    before = [e for e in moved if e["ts"] < cut]
+    assert before == calm[:len(before)] and len(before) > 5000
+    for ev in moved:
+        parse_event(orjson.dumps(ev), ev["user_id"].encode())
+
+    def halves(evs):
+        h = [e for e in evs if cut + 600 <= e["ts"] < cut + period]  # phase 1, past the handover
+        return _phase_stats([e for e in evs if e["ts"] < cut]), _phase_stats(h), len(h)
+
+    (i0, c0, f0), (i1, c1, f1), n1 = halves(moved)
+    (j0, d0, g0), (j1, d1, g1), m1 = halves(calm)
+    assert n1 > 5000 and m1 > 5000
+    # without drift the two stretches look alike; with drift the best sellers are others
+    top = lambda c: {k for k, _ in c.most_common(20)}  # noqa: E731
+    assert len(top(j0) & top(j1)) >= 12
+    assert len(top(i0) & top(i1)) <= 5
+    assert _total_variation(i0, i1) > _total_variation(j0, j1) + 0.2
+    # featured categories draw the searches; the calm store's searches stay uniform
+    assert _total_variation(c0, c1) > _total_variation(d0, d1) + 0.15
+    # the funnel's cart/purchase share moved; the calm store's did not (seed 5: factors drawn
+    # in FUNNEL_DRIFT move it by far more than sampling noise)
+    assert abs(f1 - f0) > 3 * abs(g1 - g0) and abs(f1 - f0) > 0.01
+
+
+def test_drift_phases_are_deterministic_and_differ():
+    cfg = SimConfig(users=10, events=10, seed=2, items=500, categories=20, drift_every_s=60.0)
+    a, b = Storefront(cfg), Storefront(cfg)
+    a.enter_phase(3)
+    b.enter_phase(3)
+    assert a.weights == b.weights and a.featured == b.featured and a.funnel_factor == b.funnel_factor
+    b.enter_phase(4)
+    assert a.weights != b.weights
+    b.enter_phase(0)
+    assert b.weights == Storefront(cfg).weights and not b.featured and not b.funnel_factor
