@@ -15,6 +15,7 @@ from aiohttp import web as aioweb
 from . import __version__
 from .agents import Delivery, EventPipeline, IdleSweep
 from .config import Settings
+from .health import Health, agent_status, input_positions
 from .instruments import Metrics
 from .offsets import LedgerTransport, OffsetLedger
 from .predictor import Predictor
@@ -131,6 +132,7 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
         log.info("model swapped %s -> %s", old, predictor.version)
 
     cache_seen = {"hit": 0, "miss": 0}
+    health = Health(settings.stall_s)  # /health, /ready (health.py)
 
     @app.timer(2.0)
     async def export_gauges() -> None:
@@ -138,21 +140,26 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
         for name, now in (("hit", cache.hits), ("miss", cache.misses)):
             metrics.cache_lookups.labels(name).inc(max(now - cache_seen[name], 0))
             cache_seen[name] = now
-        lags = {}
-        for tp in app.consumer.assignment():
-            if tp.topic != t.events:
-                continue
-            hw = app.consumer.highwater(tp)
-            if hw is not None:
-                lags[str(tp.partition)] = max(hw - (pipeline.offsets.get(tp.partition, -1) + 1), 0)
+        health.observe(*input_positions(app, t.events, pipeline.offsets))
         metrics.consumer_lag.clear()  # partitions lost in a rebalance must not linger as series
-        for part, lag in lags.items():
-            metrics.consumer_lag.labels(part).set(lag)
+        for part, lag in health.lags().items():
+            metrics.consumer_lag.labels(str(part)).set(lag)
 
     @app.page("/metrics")
     async def metrics_page(self: Any, request: Any) -> Any:
         return aioweb.Response(body=metrics.exposition(),
                                headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    @app.page("/health")
+    async def health_page(self: Any, request: Any) -> Any:
+        v = health.liveness(agent_status(app, AGENT_NAME))
+        return aioweb.Response(status=v.status, body=v.body(), content_type="application/json")
+
+    @app.page("/ready")
+    async def ready_page(self: Any, request: Any) -> Any:
+        health.observe(*input_positions(app, t.events, pipeline.offsets))
+        v = health.readiness(health.lags().keys(), agent_status(app, AGENT_NAME))
+        return aioweb.Response(status=v.status, body=v.body(), content_type="application/json")
 
     return app
 

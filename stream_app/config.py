@@ -52,6 +52,8 @@ class Settings:
     standby_replicas: int = 1  # warm copies of each state partition on other workers
     # this many events in a row failing in scoring = the fault is not in the data: stop, unacked
     breaker_failures: int = 20
+    # /ready fails when a partition has lag > 0 and its position has not moved for this long
+    stall_s: float = 60.0
     topics: TopicNames = field(init=False)
 
     def __post_init__(self) -> None:
@@ -104,4 +106,5 @@ class Settings:
             session_timeout_s=float(e.get("CLICKSTREAM_SESSION_TIMEOUT_S", d.session_timeout_s)),
             standby_replicas=int(e.get("CLICKSTREAM_STANDBY_REPLICAS", d.standby_replicas)),
             breaker_failures=int(e.get("CLICKSTREAM_BREAKER_FAILURES", d.breaker_failures)),
+            stall_s=float(e.get("CLICKSTREAM_STALL_S", d.stall_s)),
         )
