@@ -5,9 +5,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test unit demo lint typecheck bench clean
+.PHONY: install prometheus test unit demo lint typecheck bench clean
 
 install: $(STAMP)
+
+# prometheus + promtool (Debian package) where missing: the alert rule tests and the real-server test
+prometheus:
+	@sh deploy/install-prometheus.sh
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -17,11 +21,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The whole suite against a real Kafka broker started on free ports and always stopped afterwards.
-test: install
+test: install prometheus
 	$(VENV)/bin/stream-app kafka exec -- $(PY) -m pytest $(PYTEST_ARGS)
 
 # Fast pure tests only (no broker).
-unit: install
+unit: install prometheus
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
 demo: install
