@@ -41,6 +41,7 @@ from faust.types import TP
 
 from .instruments import Metrics
 from .offsets import OffsetHole, OffsetLedger, committed_position
+from .online_eval import Kept, evaluate, evaluate_expired
 from .predictor import Predictor
 from .records import (
     KEY_MISMATCH,
@@ -218,6 +219,8 @@ class EventPipeline:
         self._m_replayed.inc(result.stats["replayed"])
         self.metrics.late_events.inc(result.stats["late"])
         self.metrics.rebuilt_states.inc(result.stats["rebuilt"])
+        if result.online is not None:  # applied events only: a replay is never scored twice
+            self.metrics.add_online(evaluate(result.online, horizon))
 
     def _dead_letter(self, out: BatchOutput, msg: Any, err: InvalidEvent) -> None:
         headers = dead_letter_headers(err, msg.topic, msg.partition, msg.offset,
@@ -415,10 +418,13 @@ class IdleSweep:
 
     def __init__(self, *, app: Any, table: Any, delivery: Delivery, window_s: float,
                  max_future_s: float, metrics: Metrics, forget: Callable[[Row], None],
-                 chunk: int = 1000) -> None:
+                 chunk: int = 1000, churn_horizon: Callable[[], float] | None = None) -> None:
         self.app, self.table, self.delivery = app, table, delivery
         self.window_s, self.max_future_s = window_s, max_future_s
         self.metrics, self.forget, self.chunk = metrics, forget, chunk
+        # online evaluation: an expired user's last churn prediction is scored (the horizon of
+        # the model in service)
+        self.churn_horizon = churn_horizon
 
     async def run(self) -> int:
         clocks = self.delivery.pipeline.event_clock
@@ -431,6 +437,7 @@ class IdleSweep:
                 clocks[p] = max(clocks.get(p, 0.0), min(newest, limit))
             held += n
             size += b
+            expired: list[Kept] = []
             for i, key in enumerate(candidates):
                 if i % self.chunk == self.chunk - 1:
                     await asyncio.sleep(0)
@@ -446,6 +453,12 @@ class IdleSweep:
                 deleted += 1
                 held -= 1
                 size -= len(raw)
+                kept = _kept_of(raw) if self.churn_horizon is not None else None
+                if kept is not None:
+                    expired.append(kept)
+            if expired and self.churn_horizon is not None:
+                self.metrics.add_online(evaluate_expired(expired, cutoff + self.window_s,
+                                                         self.churn_horizon()))
         self.metrics.expired_users.inc(deleted)
         self.metrics.active_users.set(held)
         self.metrics.state_bytes.set(size)
@@ -472,3 +485,10 @@ class IdleSweep:
                 if p not in self.table.active_partitions(self.app):
                     return [], 0.0, 0, 0  # revoked mid-scan: stop using its database
         return candidates, newest, n, size
+
+
+def _kept_of(raw: bytes) -> Kept | None:
+    try:
+        return decode(raw).last_prediction
+    except Exception:  # noqa: BLE001 - an unreadable row is deleted unscored
+        return None

@@ -105,7 +105,8 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
 
     sweep = IdleSweep(app=app, table=table, delivery=delivery, window_s=settings.window_seconds,
                       max_future_s=settings.max_future_s, metrics=metrics,
-                      forget=lambda row: predictor.cache.forget(row))  # the cache of the day
+                      forget=lambda row: predictor.cache.forget(row),  # the cache of the day
+                      churn_horizon=lambda: predictor.model.cfg.churn_horizon_s)
 
     @app.timer(settings.sweep_interval_s)
     async def expire_idle_users() -> None:

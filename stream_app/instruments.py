@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .online_eval import BINS, Totals
 from .records import REASONS
 
+MAX_ONLINE_VERSIONS = 16  # model_version label values for online figures; later ones go to "other"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -75,12 +77,61 @@ class Metrics:
         self.model_info = Gauge(
             "clickstream_model_info", "Constant 1; labels name the model version and device",
             ["version", "device"], registry=r)
+        self._online_counters(r)
         self.info = Gauge("clickstream_worker_info", "Constant 1; labels describe the worker",
                           ["app_id", "version"], registry=r)
         for reason in REASONS:  # export zeros so dashboards and alerts see every series
             self.events_rejected.labels(reason)
         for outcome in ("accepted", "rejected", "replayed"):
             self.events_consumed.labels(outcome)
+
+    def _online_counters(self, r: CollectorRegistry) -> None:
+        """Online evaluation by model version (online_eval.py): the version that made the prediction."""
+        v = ["model_version"]
+        self.online_scored = Counter(
+            "clickstream_online_scored_total", "Predictions scored against what the user did next",
+            ["model_version", "kind"], registry=r)  # action | item | churn
+        self.online_action_correct = Counter(
+            "clickstream_online_action_correct_total", "Most probable next action was the next action",
+            v, registry=r)
+        self.online_action_log_loss = Counter(
+            "clickstream_online_action_log_loss_total", "Sum of next-action log loss (nats)", v,
+            registry=r)
+        self.online_item_hits = Counter(
+            "clickstream_online_item_hits_total", "Next item was in the published top-K", v, registry=r)
+        self.online_item_rr = Counter(
+            "clickstream_online_item_reciprocal_rank_total",
+            "Sum of 1/rank of the next item in the published top-K (0 when absent)", v, registry=r)
+        self.online_churn_log_loss = Counter(
+            "clickstream_online_churn_log_loss_total", "Sum of churn log loss (nats)", v, registry=r)
+        self.online_churn_calibration = Counter(
+            "clickstream_online_churn_calibration_total",
+            "Scored churn predictions by probability bin and outcome",
+            ["model_version", "bin", "outcome"], registry=r)
+        self._online_versions: set[str] = set()
+
+    def add_online(self, totals: dict[str, Totals]) -> None:
+        """Add one batch's online evaluation sums (a few label lookups per version and batch)."""
+        for version, t in totals.items():
+            if version not in self._online_versions:
+                if len(self._online_versions) >= MAX_ONLINE_VERSIONS:
+                    version = "other"
+                self._online_versions.add(version)
+            if t.action_scored:
+                self.online_scored.labels(version, "action").inc(t.action_scored)
+                self.online_action_correct.labels(version).inc(t.action_correct)
+                self.online_action_log_loss.labels(version).inc(t.action_log_loss)
+            if t.item_scored:
+                self.online_scored.labels(version, "item").inc(t.item_scored)
+                self.online_item_hits.labels(version).inc(t.item_hits)
+                self.online_item_rr.labels(version).inc(t.item_reciprocal_rank)
+            if t.churn_scored:
+                self.online_scored.labels(version, "churn").inc(t.churn_scored)
+                self.online_churn_log_loss.labels(version).inc(t.churn_log_loss)
+                for b, o in zip(*t.calibration.nonzero(), strict=True):
+                    self.online_churn_calibration.labels(
+                        version, f"{b / BINS:.1f}", "churned" if o else "returned").inc(
+                        int(t.calibration[b, o]))
 
     def set_model(self, version: str, device: str) -> None:
         self.model_info.clear()

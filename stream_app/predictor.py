@@ -19,6 +19,7 @@ from models.gru import ClickstreamGRU, Events, sliding_windows
 from models.train import pick_device
 
 from .hidden_cache import HiddenCache
+from .online_eval import item_hashes
 from .state import WindowEvent
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class Predictor:
         self.model: ClickstreamGRU = lm.model
         self.version = lm.version
         self.items, self.categories = lm.items, lm.categories
+        # published ids as hashes, for online evaluation (vocabulary index - 1 -> hash)
+        self.item_hashes = item_hashes(lm.items.ids)
         self.manifest = lm.manifest
         cfg = self.model.cfg
         self.k = min(self.top_k, len(self.items))

@@ -12,6 +12,12 @@ A user's hidden state comes from the device cache when it is current, else from 
 itself, else (a new model version) it is rebuilt from the user's window; a brand-new user starts
 from zeros. Replayed events (already applied) are scored as the prediction that followed the user's
 latest event, and change nothing. No I/O: the agent reads and writes the table and sends the results.
+
+Online evaluation (online_eval.py): each user's new state keeps the prediction that followed their
+newest applied event, and the batch result pairs every applied event with the prediction that
+preceded it (from the stored state for the user's first event in the batch, else from the batch
+itself), ready to be scored. Probabilities are rounded to float16 on both paths, so the figures do
+not depend on how events fall into batches.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ import torch
 
 from models.gru import Events, Outputs
 
+from .online_eval import Kept, Pairs, item_hash, stack_kept
 from .predictor import Predictor
-from .records import Event
+from .records import ACTION_INDEX, Event
 from .state import Observation, StateLimits, UserState, observe
 
 
@@ -44,6 +51,7 @@ class BatchResult:
     predictions: list[Prediction]  # one per input event, in input order
     states: dict[Hashable, UserState]  # the final state of every row in the batch
     stats: dict[str, int]
+    online: Pairs | None = None  # applied events with the prediction that preceded them
 
 
 @dataclass
@@ -106,18 +114,76 @@ class _Readout:
         self.ids = p.items.ids
 
     def __call__(self, idx: list[int], out: Outputs, rq: torch.Tensor, window: torch.Tensor,
-                 replayed: bool) -> None:
+                 replayed: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fills the predictions of events `idx`; returns their action probabilities (n, A),
+        churn probabilities (n,) and top-K vocabulary indices (n, K)."""
         p = self.p
         probs = torch.softmax(out.action_logits, -1).cpu().numpy()
         churn = torch.sigmoid(out.churn_logit).cpu().tolist()
         top_v, top_i = p.model.top_items(out, rq, window, p.k, len(p.items))
         # plain floats: cheap to serialise
-        top_vals, top_idx = top_v.cpu().tolist(), top_i.cpu().tolist()
+        top_np = top_i.cpu().numpy()
+        top_vals, top_idx = top_v.cpu().tolist(), top_np.tolist()
         ids = self.ids
         for n, i in enumerate(idx):
             self.preds[i] = Prediction(self.events[i], p.version, probs[n], churn[n],
                                        list(zip([ids[j - 1] for j in top_idx[n]], top_vals[n], strict=True)),
                                        replayed)
+        return probs, np.asarray(churn, np.float32), top_np
+
+
+def _online(p: Predictor, events: Sequence[Event], runs: dict[Hashable, _UserRun], users: list[Hashable],
+            idx: list[int], probs: np.ndarray, churn: np.ndarray,
+            top: np.ndarray) -> tuple[Pairs, dict[Hashable, Kept]]:
+    """Pairs (preceding prediction, applied event) and each user's newest kept prediction.
+    `idx[r]` is the event whose prediction is row r of `probs`/`churn`/`top`."""
+    row = np.full(len(events), -1, np.int64)
+    row[idx] = np.arange(len(idx))
+    probs16 = probs.astype(np.float16)
+    hashes = p.item_hashes[top - 1]  # (n, K): published ids as hashes
+    from_state: list[Kept] = []
+    nxt_state: list[int] = []
+    prev_rows: list[int] = []  # in-batch pairs: row of the preceding prediction ...
+    nxt_batch: list[int] = []  # ... and the event that followed it
+    kept: dict[Hashable, Kept] = {}
+    for u in users:
+        steps = runs[u].applied
+        if not steps:
+            continue
+        prev = runs[u].prev
+        if prev is not None and prev.last_prediction is not None:
+            from_state.append(prev.last_prediction)
+            nxt_state.append(steps[0][0])
+        for (a, _, _), (b, _, _) in zip(steps, steps[1:], strict=False):
+            prev_rows.append(int(row[a]))
+            nxt_batch.append(b)
+        i = steps[-1][0]
+        r = int(row[i])
+        kept[u] = Kept(p.version, events[i].ts, probs16[r], float(churn[r]), hashes[r])
+    pr = np.asarray(prev_rows, np.int64)
+    v_s, ts_s, a_s, c_s, it_s, n_s = stack_kept(from_state)
+    k = max(it_s.shape[1], hashes.shape[1])
+    items = np.zeros((len(from_state) + len(pr), k), np.uint32)
+    items[:len(from_state), :it_s.shape[1]] = it_s
+    items[len(from_state):, :hashes.shape[1]] = hashes[pr]
+    acts = probs16[pr].astype(np.float32)
+    if from_state:
+        acts = np.concatenate([a_s, acts])
+    nxt = [events[i] for i in nxt_state + nxt_batch]
+    pairs = Pairs(
+        versions=v_s + [p.version] * len(pr),
+        pred_ts=np.concatenate([ts_s, np.array([events[idx[r]].ts for r in prev_rows], np.float64)]),
+        action_probs=acts,
+        churn=np.concatenate([c_s, churn[pr]]),
+        items=items,
+        n_items=np.concatenate([n_s, np.full(len(pr), hashes.shape[1], np.int64)]),
+        next_ts=np.array([e.ts for e in nxt], np.float64),
+        next_action=np.array([ACTION_INDEX[e.action] for e in nxt], np.int64),
+        next_item=np.array([item_hash(e.item_id) if e.item_id is not None else 0 for e in nxt],
+                           np.uint32),
+        has_item=np.array([e.item_id is not None for e in nxt], bool),
+    )
+    return pairs, kept
 
 
 @torch.inference_mode()
@@ -165,9 +231,14 @@ def score_batch(p: Predictor, events: Sequence[Event], states: dict[Hashable, Us
             keep_u.append(users[b])
             keep_n.append(last.n_events)
         p.cache.store(keep_u, keep_n, p.version, h_n)
+    online: Pairs | None = None
     if heads:  # one readout for every group: the catalogue-wide top-K is the costly part
-        readout([i for h in heads for i in h[0]], _cat([h[1] for h in heads]),
-                torch.cat([h[2] for h in heads]), torch.cat([h[3] for h in heads]), False)
+        idx = [i for h in heads for i in h[0]]
+        probs, churn, top = readout(idx, _cat([h[1] for h in heads]), torch.cat([h[2] for h in heads]),
+                                    torch.cat([h[3] for h in heads]), False)
+        online, kept = _online(p, events, runs, users, idx, probs, churn, top)
+        for u, k in kept.items():
+            final[u] = replace(final[u], last_prediction=k)
     replays = [(b, i) for b, u in enumerate(users) for i, _, _ in runs[u].replayed]
     if replays:
         # already applied: they get the prediction that followed the user's latest event (the
@@ -183,4 +254,4 @@ def score_batch(p: Predictor, events: Sequence[Event], states: dict[Hashable, Us
         prev = runs[u].prev
         if u not in final and prev is not None:
             final[u] = prev  # only replays: unchanged
-    return BatchResult([q for q in preds if q is not None], final, stats)
+    return BatchResult([q for q in preds if q is not None], final, stats, online)

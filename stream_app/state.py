@@ -15,7 +15,10 @@ has applied has an offset at or below the row's `offset`, however many of them l
 Encoding (little-endian): a fixed header (format 2 adds the last applied input offset), the model
 version, the hidden state as float32 bytes,
 then the window as columns (actions u8, ts f64, price f32, event-id hashes u64) and
-length-prefixed item/category ids. About 1.3 KB per user at hidden size 128 and a 20-event window.
+length-prefixed item/category ids; format 3 appends the prediction that followed the newest event
+(online_eval.Kept: a flag byte, the version only when it differs from the state's, event time f64,
+churn f32, action probabilities f16, top-K item-id hashes u32; about 70 bytes at K=10), which the
+next event scores. About 1.4 KB per user at hidden size 128 and a 20-event window.
 """
 
 from __future__ import annotations
@@ -27,13 +30,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .online_eval import Kept
 from .records import ACTION_INDEX, Event
 
-FORMAT = 2  # written by this code; format 1 rows (no offset) are still read
+FORMAT = 3  # written by this code; format 1 (no offset) and 2 (no kept prediction) rows are still read
 # format, window len, hidden floats, n_events, first, last, spend, counts[, last applied offset]
 _HEAD_V1 = struct.Struct("<BBHIddd6I")
 _HEAD = struct.Struct("<BBHIddd6Iq")
 _NONE = 0xFFFF
+_PRED = struct.Struct("<dfBB")  # kept prediction: ts, churn, number of actions, number of items
+_NO_PRED, _PRED_SAME_VERSION, _PRED_OWN_VERSION = 0, 1, 2
 
 
 class NewerStateFormat(RuntimeError):
@@ -68,6 +74,7 @@ class UserState:
     action_counts: tuple[int, ...] = (0, 0, 0, 0, 0, 0)
     window: tuple[WindowEvent, ...] = ()
     offset: int = -1  # input offset of the newest applied event (in the row's partition); -1 unknown
+    last_prediction: Kept | None = None  # what followed the newest applied event (online eval)
 
 
 @dataclass(frozen=True)
@@ -133,7 +140,38 @@ def encode(s: UserState) -> bytes:
     for e in w:
         _put_str(parts, e.item_id)
         _put_str(parts, e.category_id)
+    _put_prediction(parts, s.last_prediction, s.model_version)
     return b"".join(parts)
+
+
+def _put_prediction(parts: list[bytes], k: Kept | None, state_version: str) -> None:
+    if k is None:
+        parts.append(bytes([_NO_PRED]))
+        return
+    if k.version == state_version:
+        parts.append(bytes([_PRED_SAME_VERSION]))
+    else:
+        parts.append(bytes([_PRED_OWN_VERSION]))
+        _put_str(parts, k.version)
+    parts.append(_PRED.pack(k.ts, k.churn, len(k.action_probs), len(k.items)))
+    parts.append(np.asarray(k.action_probs, "<f2").tobytes())
+    parts.append(np.asarray(k.items, "<u4").tobytes())
+
+
+def _get_prediction(buf: bytes, off: int, state_version: str) -> Kept | None:
+    flag = buf[off]
+    off += 1
+    if flag == _NO_PRED:
+        return None
+    version: str | None = state_version
+    if flag == _PRED_OWN_VERSION:
+        version, off = _get_str(buf, off)
+    ts, churn, n_a, n_i = _PRED.unpack_from(buf, off)
+    off += _PRED.size
+    probs = np.frombuffer(buf, "<f2", n_a, off).copy()
+    off += 2 * n_a
+    items = np.frombuffer(buf, "<u4", n_i, off).copy()
+    return Kept(version or "", ts, probs, churn, items)
 
 
 def _get_str(buf: bytes, off: int) -> tuple[str | None, int]:
@@ -155,7 +193,7 @@ def decode(buf: bytes) -> UserState:
     if fmt == 1:
         _, n, n_hidden, n_events, first, last, spend, *counts = _HEAD_V1.unpack_from(buf, 0)
         offset, off = -1, _HEAD_V1.size
-    elif fmt == FORMAT:
+    elif fmt in (2, 3):
         _, n, n_hidden, n_events, first, last, spend, *counts, offset = _HEAD.unpack_from(buf, 0)
         off = _HEAD.size
     else:
@@ -176,8 +214,9 @@ def decode(buf: bytes) -> UserState:
         item, off = _get_str(buf, off)
         cat, off = _get_str(buf, off)
         window.append(WindowEvent(actions[i], float(ts[i]), float(price[i]), item, cat, int(hashes[i])))
+    kept = _get_prediction(buf, off, version or "") if fmt >= 3 else None
     return UserState(version or "", hidden, n_events, first, last, spend, tuple(counts), tuple(window),
-                     offset)
+                     offset, kept)
 
 
 def last_seen_of(buf: bytes) -> float:
