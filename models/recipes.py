@@ -20,6 +20,7 @@ from .evaluate import Predictions, predict
 from .gru import ClickstreamGRU, GRUConfig
 from .metrics import binary_report, multiclass_report, recall_mrr_at_k
 from .train import TrainConfig, fit, pick_device
+from .warmstart import WarmStart
 
 
 @dataclass
@@ -52,17 +53,28 @@ def test_metrics(p: Predictions) -> dict[str, Any]:
 def train_on_events(events: Sequence[Mapping[str, Any]], cfg: GRUConfig, tcfg: TrainConfig,
                     device: str = "auto", min_item_count: int = 1,
                     progress: Callable[[dict[str, Any]], None] | None = None,
-                    train_q: float = 0.70, valid_q: float = 0.85) -> Trained:
-    """`events`: schema-v1 dicts sorted by time. `cfg.n_items`/`n_categories` are filled in."""
+                    train_q: float = 0.70, valid_q: float = 0.85,
+                    warm: WarmStart | None = None) -> Trained:
+    """`events`: schema-v1 dicts sorted by time. `cfg.n_items`/`n_categories` are filled in.
+
+    With `warm` (a champion's model and vocabularies) `cfg` is ignored: the challenger keeps the
+    champion's architecture and every item it knew, adds the new items of the training part
+    (see models.warmstart), and starts from the champion's weights."""
     ts = np.array([float(e["ts"]) for e in events])
     c1, c2 = time_split(ts, train_q, valid_q)
-    items, cats = build_vocabs((e for e in events if float(e["ts"]) < c1), cfg.item_buckets,
-                               cfg.category_buckets, min_item_count)
-    cfg = replace(cfg, n_items=len(items), n_categories=len(cats))
+    init = None
+    if warm is None:
+        items, cats = build_vocabs((e for e in events if float(e["ts"]) < c1), cfg.item_buckets,
+                                   cfg.category_buckets, min_item_count)
+        cfg = replace(cfg, n_items=len(items), n_categories=len(cats))
+    else:
+        init, items, cats = warm.extended([e for e in events if float(e["ts"]) < c1],
+                                          min_item_count)
+        cfg = init.cfg
     full = events_to_seqdata(events, items, cats, end_ts=float(ts.max()))
     dev = pick_device(device)
     model, report = fit(cfg, full.before(c1), full.before(c2), tcfg, device=str(dev),
-                        valid_from_ts=c1, progress=progress)
+                        valid_from_ts=c1, progress=progress, init=init)
     preds = predict(model, full, c2, len(items), dev)
     report["test"] = test_metrics(preds)
     split = {"train_before_ts": c1, "valid_before_ts": c2, "test_from_ts": c2,

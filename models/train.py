@@ -181,16 +181,24 @@ def init_output_priors(model: ClickstreamGRU, train: SeqData, batch_tokens: int 
 
 def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig,
         device: str = "auto", valid_from_ts: float | None = None,
-        progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[ClickstreamGRU, dict]:
-    """Train from scratch; early-stop on the validation loss; return the best model and a report.
+        progress: Callable[[dict[str, Any]], None] | None = None,
+        init: ClickstreamGRU | None = None) -> tuple[ClickstreamGRU, dict]:
+    """Train from scratch, or from a copy of `init` (a warm start: its config must be `cfg`, and
+    its output heads keep what they learned instead of starting at the label rates); early-stop
+    on the validation loss; return the best model and a report.
 
     `valid` is scored at positions with ts >= valid_from_ts (the time-ordered validation part;
     the earlier events of the same users only warm the hidden state).
     """
     set_seed(tcfg.seed)
     dev = pick_device(device)
-    model = ClickstreamGRU(cfg)
-    init_output_priors(model, train, tcfg.batch_tokens)
+    if init is not None:
+        if init.cfg != cfg:
+            raise ValueError("warm start: the initial model's config differs from cfg")
+        model = copy.deepcopy(init)
+    else:
+        model = ClickstreamGRU(cfg)
+        init_output_priors(model, train, tcfg.batch_tokens)
     model = model.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     rng = np.random.default_rng(tcfg.seed)
@@ -237,6 +245,7 @@ def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig
         model.load_state_dict(best_state)
     model.eval()
     report = {"train_config": asdict(tcfg), "device": str(dev), "epochs_run": len(history),
+              "warm_start": init is not None,
               "best_valid_loss": best, "history": history,
               "train_seconds": time.monotonic() - t0}
     return model, report
