@@ -13,6 +13,7 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from .config import Settings
+from .topics import TOPIC_CONFIGS
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +22,17 @@ class TopicMismatch(RuntimeError):
     pass
 
 
+def _configs(name: str) -> dict[str, str]:
+    """Settings of a topic by its base name (topics.TOPIC_CONFIGS), whatever its namespace."""
+    return next((dict(c) for base, c in TOPIC_CONFIGS.items() if name.endswith(base)), {})
+
+
 def topic_specs(settings: Settings) -> dict[str, int]:
-    """name -> partitions. Input and outputs share the partition count: all are keyed by user."""
+    """name -> partitions. Input and outputs share the partition count: all are keyed by user.
+    The model bus topics (model_bus.py) have one partition each and are compacted."""
     t, n = settings.topics, settings.partitions
-    return {t.events: n, t.dead_letters: n, t.valid_events: n, t.next_action: n, t.churn: n}
+    return {t.events: n, t.dead_letters: n, t.valid_events: n, t.next_action: n, t.churn: n,
+            t.model_updates: 1, t.model_artifacts: 1}
 
 
 def partition_counts(bootstrap: str, names: list[str] | None = None) -> dict[str, int]:
@@ -41,7 +49,8 @@ def ensure_topics(bootstrap: str, specs: Mapping[str, int]) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="clickstream-gru-admin")
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(name, n, 1) for name, n in specs.items() if name not in existing]
+        missing = [NewTopic(name, n, 1, topic_configs=_configs(name)) for name, n in specs.items()
+                   if name not in existing]
         if missing:
             try:
                 admin.create_topics(missing, wait_for_metadata=True)

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -17,6 +16,7 @@ from .agents import Delivery, EventPipeline, IdleSweep
 from .config import Settings
 from .health import Health, agent_status, input_positions
 from .instruments import Metrics
+from .model_bus import ModelFollower
 from .offsets import LedgerTransport, OffsetLedger
 from .predictor import Predictor
 from .state import StateLimits
@@ -112,25 +112,17 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
     async def expire_idle_users() -> None:
         await sweep.run()
 
-    refused: set[str] = set()
+    # model versions (model_bus.py): announcements on the updates topic (the fleet path), and the
+    # local registry's CURRENT (single machine); verified off the loop, swapped between batches
+    follower = ModelFollower(settings, predictor, metrics)
+
+    @app.task
+    async def follow_model_bus() -> None:
+        await follower.follow_bus()
 
     @app.timer(settings.model_poll_s)
     async def follow_model_registry() -> None:
-        version = predictor.wanted_version()
-        if version is None or version in refused:
-            return
-        try:  # reading and verifying the artifact happen off the event loop
-            loaded = await asyncio.to_thread(predictor.prepare, version)
-        except Exception as exc:  # noqa: BLE001 - a bad artifact must not stop serving
-            refused.add(version)
-            metrics.model_load_failures.inc()
-            log.error("refusing model version %s: %s; still serving %s", version, exc,
-                      predictor.version)
-            return
-        old = predictor.version
-        predictor.install(loaded)
-        metrics.set_model(predictor.version, str(predictor.device))
-        log.info("model swapped %s -> %s", old, predictor.version)
+        await follower.follow_registry()
 
     cache_seen = {"hit": 0, "miss": 0}
     health = Health(settings.stall_s)  # /health, /ready (health.py)

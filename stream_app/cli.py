@@ -190,6 +190,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    """The retrain worker: one cycle (--once) or one every CLICKSTREAM_RETRAIN_INTERVAL_S."""
+    import signal
+    import threading
+
+    from models.gru import GRUConfig
+    from models.train import TrainConfig
+
+    from .retrain import RetrainJob, run_cycle, serve_forever
+
+    s = _settings(args).with_(model_dir=Path(args.model_dir) if args.model_dir else None,
+                              retrain_web_port=args.web_port, device=args.device)
+    job = RetrainJob(
+        train=TrainConfig(epochs=args.epochs, max_seconds=args.max_seconds, patience=1,
+                          batch_tokens=args.batch_tokens),
+        first_model=GRUConfig(n_items=0, n_categories=0, emb_dim=args.hidden, hidden=args.hidden,
+                              churn_horizon_s=args.horizon, repeat_flag=True, gap_buckets=True),
+        device=s.device)
+    if args.once:
+        rec = run_cycle(s, job)
+        print(f"{rec['outcome']}: {rec.get('reason', '')}")
+        for model in ("champion", "challenger"):
+            m = (rec.get("metrics") or {}).get(model)
+            if m:
+                print(f"  {model}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()
+                                                 if not k.startswith("n_")))
+        if rec.get("version"):
+            print(f"promoted version {rec['version']} in {s.model_dir}")
+        return 1 if rec["outcome"] == "failed" else 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        serve_forever(s, job, stop)
+    except KeyboardInterrupt:
+        stop.set()
+    return 0
+
+
 def _registry_dir(args: argparse.Namespace) -> Path:
     return Path(args.model_dir) if args.model_dir else Settings.from_env().model_dir
 
@@ -327,6 +365,20 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--model-dir", default="var/models",
                     help="model registry; a quick model is trained there if it is empty")
     dm.set_defaults(func=cmd_demo)
+    rt = sub.add_parser("retrain", help="retrain worker: challenger vs champion on the recent stream")
+    service_args(rt)
+    rt.add_argument("--once", action="store_true", help="one cycle, then exit (1 if it failed)")
+    rt.add_argument("--model-dir", help="model registry (default $CLICKSTREAM_MODEL_DIR or var/models)")
+    rt.add_argument("--web-port", type=int, help="/metrics and /health (default 6070)")
+    rt.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
+    rt.add_argument("--epochs", type=int, default=3, help="training epochs per cycle")
+    rt.add_argument("--max-seconds", type=float, default=900.0, help="training budget per cycle")
+    rt.add_argument("--batch-tokens", type=int, default=4096)
+    rt.add_argument("--hidden", type=int, default=64, help="first model only (no champion yet)")
+    rt.add_argument("--horizon", type=float, default=1800.0,
+                    help="churn horizon in seconds, first model only")
+    rt.set_defaults(func=cmd_retrain)
+
     md = sub.add_parser("models", help="the model registry: list | show V | promote V | rollback")
     msub = md.add_subparsers(dest="models_command", required=True)
     m_list = msub.add_parser("list", help="versions (* = current) and the latest history")

@@ -52,6 +52,12 @@ class Settings:
     standby_replicas: int = 1  # warm copies of each state partition on other workers
     # this many events in a row failing in scoring = the fault is not in the data: stop, unacked
     breaker_failures: int = 20
+    # the retrain worker (`stream-app retrain`, stream_app/retrain.py)
+    retrain_interval_s: float = 3600.0  # from the end of one cycle to the start of the next
+    retrain_lookback_s: float = 7 * 86400.0  # a cycle reads the events topic this far back
+    retrain_max_events: int = 200_000  # ... but at most this many (the newest)
+    retrain_margin: float = 0.005  # hit@20 and MRR@20 must both improve by this (see challenger.py)
+    retrain_web_port: int = 6070  # /metrics and /health of the retrain worker
     # /ready fails when a partition has lag > 0 and its position has not moved for this long
     stall_s: float = 60.0
     topics: TopicNames = field(init=False)
@@ -106,5 +112,10 @@ class Settings:
             session_timeout_s=float(e.get("CLICKSTREAM_SESSION_TIMEOUT_S", d.session_timeout_s)),
             standby_replicas=int(e.get("CLICKSTREAM_STANDBY_REPLICAS", d.standby_replicas)),
             breaker_failures=int(e.get("CLICKSTREAM_BREAKER_FAILURES", d.breaker_failures)),
+            retrain_interval_s=float(e.get("CLICKSTREAM_RETRAIN_INTERVAL_S", d.retrain_interval_s)),
+            retrain_lookback_s=float(e.get("CLICKSTREAM_RETRAIN_LOOKBACK_S", d.retrain_lookback_s)),
+            retrain_max_events=int(e.get("CLICKSTREAM_RETRAIN_MAX_EVENTS", d.retrain_max_events)),
+            retrain_margin=float(e.get("CLICKSTREAM_RETRAIN_MARGIN", d.retrain_margin)),
+            retrain_web_port=int(e.get("CLICKSTREAM_RETRAIN_WEB_PORT", d.retrain_web_port)),
             stall_s=float(e.get("CLICKSTREAM_STALL_S", d.stall_s)),
         )

@@ -35,10 +35,11 @@ class Predictor:
         self.cache_users = cache_users
         self.install(self.prepare(None))
 
-    def prepare(self, version: str | None) -> LoadedModel:
+    def prepare(self, version: str | None, registry: Path | None = None) -> LoadedModel:
         """Load and verify a version (checksum, config, finite weights); raises CheckpointError.
-        Touches nothing in service, so it runs in a thread while the agent goes on."""
-        lm = load_version(self.registry, version, device=str(self.device))
+        Touches nothing in service, so it runs in a thread while the agent goes on. `registry`:
+        another registry directory (an artifact received from the model bus, not yet admitted)."""
+        lm = load_version(registry or self.registry, version, device=str(self.device))
         bad = [n for n, t in lm.model.state_dict().items() if not bool(torch.isfinite(t).all())]
         if bad:
             raise CheckpointError(f"version {lm.version} has non-finite weights in {', '.join(bad[:5])}")

@@ -15,6 +15,17 @@ VALID_EVENTS = "clickstream.events.valid"
 NEXT_ACTION = "predictions.next_action"
 CHURN = "predictions.churn"
 MODEL_UPDATES = "models.updates"
+MODEL_ARTIFACTS = "models.artifacts"
+ARTIFACT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024 + (1 << 20)  # model_bus.ARTIFACT_MAX_BYTES + framing
+
+# Per-topic settings by base name (applied when admin.ensure_topics creates the topic). The model
+# bus topics are compacted: the updates topic keeps the latest announcement (key "current"), the
+# artifacts topic one packed model per version, as one message up to the raised size limit.
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {
+    MODEL_UPDATES: {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"},
+    MODEL_ARTIFACTS: {"cleanup.policy": "compact",
+                      "max.message.bytes": str(ARTIFACT_MAX_MESSAGE_BYTES)},
+}
 
 DEFAULT_PARTITIONS = 8
 
@@ -45,3 +56,11 @@ class TopicNames:
     @property
     def churn(self) -> str:
         return self._n(CHURN)
+
+    @property
+    def model_updates(self) -> str:
+        return self._n(MODEL_UPDATES)
+
+    @property
+    def model_artifacts(self) -> str:
+        return self._n(MODEL_ARTIFACTS)

@@ -1,0 +1,58 @@
+"""Model bus artifacts without Kafka: packing, and every way verification refuses bad bytes."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from stream_app.admin import _configs, topic_specs
+from stream_app.config import Settings
+from stream_app.model_bus import ArtifactError, pack, unpack, verify
+
+from .modelkit import make_registry
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    path = tmp_path_factory.mktemp("registry")
+    version = make_registry(path, users=40, events=800)
+    blob, manifest = pack(path, version)
+    announcement = {"version": version, "weights_sha256": manifest["weights_sha256"],
+                    "artifact": {"sha256": hashlib.sha256(blob).hexdigest()}}
+    return blob, manifest, announcement
+
+
+def test_a_packed_version_verifies_and_unpacks_to_its_files(packed):
+    blob, manifest, announcement = packed
+    manifest_b, weights = verify(announcement, blob)
+    assert hashlib.sha256(weights).hexdigest() == manifest["weights_sha256"]
+    assert unpack(blob)[0]["version"] == manifest["version"]
+
+
+def test_damaged_or_inconsistent_artifacts_are_refused(packed):
+    blob, manifest, announcement = packed
+    flipped = bytearray(blob)
+    flipped[-10] ^= 0xFF  # a weight byte
+    with pytest.raises(ArtifactError, match="differs from the announcement"):
+        verify(announcement, bytes(flipped))
+    # the same damage, announced with the damaged bytes' own sha256: the weights checksum catches it
+    a2 = {**announcement, "artifact": {"sha256": hashlib.sha256(bytes(flipped)).hexdigest()}}
+    with pytest.raises(ArtifactError, match="weights sha256"):
+        verify(a2, bytes(flipped))
+    other = {**announcement, "version": "someone-else"}
+    with pytest.raises(ArtifactError, match="holds"):
+        verify(other, blob)
+    for bad in (b"", b"not an artifact", blob[:-1]):
+        a3 = {**announcement, "artifact": {"sha256": hashlib.sha256(bad).hexdigest()}}
+        with pytest.raises(ArtifactError):
+            verify(a3, bad)
+
+
+def test_bus_topics_are_single_partition_and_compacted():
+    s = Settings(namespace="x.", partitions=4)
+    specs = topic_specs(s)
+    assert specs[s.topics.model_updates] == specs[s.topics.model_artifacts] == 1
+    assert _configs(s.topics.model_updates)["cleanup.policy"] == "compact"
+    assert int(_configs(s.topics.model_artifacts)["max.message.bytes"]) > 64 * 1024 * 1024
+    assert _configs(s.topics.events) == {}
