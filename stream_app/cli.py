@@ -100,8 +100,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir) if args.data_dir else None, web_port=args.web_port,
         store=args.store, model_dir=Path(args.model_dir) if args.model_dir else None,
         device=args.device)
+    if current_version(s.model_dir) is None:  # a new machine: the announced version, if any
+        from .model_bus import fetch_latest
+
+        try:
+            got = fetch_latest(s, s.model_dir)
+        except CheckpointError as e:
+            print(f"error: the announced model cannot be used: {e}", file=sys.stderr)
+            return 2
+        if got:
+            log.info("no local model; fetched the announced version %s into %s", got, s.model_dir)
     if current_version(s.model_dir) is None:
-        print(f"error: no model in {s.model_dir}. Train one first, e.g.\n"
+        print(f"error: no model in {s.model_dir} and none announced. Train one first, e.g.\n"
               f"  stream-app train --source simulate --out {s.model_dir}", file=sys.stderr)
         return 2
     from .admin import ensure_topics, topic_specs
