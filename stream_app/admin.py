@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from .config import Settings
+from .kafka_clients import connect
 from .topics import TOPIC_CONFIGS
 
 log = logging.getLogger(__name__)
@@ -35,8 +37,16 @@ def topic_specs(settings: Settings) -> dict[str, int]:
             t.model_updates: 1, t.model_artifacts: 1}
 
 
-def partition_counts(bootstrap: str, names: list[str] | None = None) -> dict[str, int]:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="clickstream-gru-admin")
+def _admin(bootstrap: str, client_kwargs: Mapping[str, Any] | None) -> KafkaAdminClient:
+    """`client_kwargs`: security settings (Settings.kafka_client_kwargs())."""
+    return connect(lambda: KafkaAdminClient(bootstrap_servers=bootstrap, client_id="clickstream-gru-admin",
+                                            bootstrap_timeout_ms=10_000, **(client_kwargs or {})),
+                   bootstrap, "the admin client")
+
+
+def partition_counts(bootstrap: str, names: list[str] | None = None,
+                     client_kwargs: Mapping[str, Any] | None = None) -> dict[str, int]:
+    admin = _admin(bootstrap, client_kwargs)
     try:
         described = admin.describe_topics(names)
     finally:
@@ -44,9 +54,10 @@ def partition_counts(bootstrap: str, names: list[str] | None = None) -> dict[str
     return {d.get("name") or d["topic"]: len(d["partitions"]) for d in described if not d.get("error_code")}
 
 
-def ensure_topics(bootstrap: str, specs: Mapping[str, int]) -> None:
+def ensure_topics(bootstrap: str, specs: Mapping[str, int],
+                  client_kwargs: Mapping[str, Any] | None = None) -> None:
     """Create missing topics; fail loudly when an existing topic has a different partition count."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="clickstream-gru-admin")
+    admin = _admin(bootstrap, client_kwargs)
     try:
         existing = set(admin.list_topics())
         missing = [NewTopic(name, n, 1, topic_configs=_configs(name)) for name, n in specs.items()
@@ -59,7 +70,7 @@ def ensure_topics(bootstrap: str, specs: Mapping[str, int]) -> None:
             log.info("created topics %s", [t.name for t in missing])
     finally:
         admin.close()
-    have = partition_counts(bootstrap, list(specs))
+    have = partition_counts(bootstrap, list(specs), client_kwargs)
     wrong = {k: (have.get(k), n) for k, n in specs.items() if have.get(k) != n}
     if wrong:
         raise TopicMismatch(f"topics with unexpected partition counts (have, want): {wrong}")

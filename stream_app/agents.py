@@ -244,13 +244,14 @@ class Delivery:
     """Runs one batch through the pipeline and makes its effects durable in the safe order."""
 
     def __init__(self, *, app: Any, pipeline: EventPipeline, table: Any, ledger: OffsetLedger,
-                 metrics: Metrics, bootstrap: str) -> None:
+                 metrics: Metrics, bootstrap: str, client_kwargs: dict[str, Any] | None = None) -> None:
         self.app = app
         self.pipeline = pipeline
         self.table = table
         self.ledger = ledger
         self.metrics = metrics
         self.bootstrap = bootstrap
+        self.client_kwargs = client_kwargs or {}  # security settings for our own consumer
         self.in_flight: set[Row] = set()  # rows computed but not yet written locally (the sweep skips them)
 
     def reset(self) -> None:
@@ -295,7 +296,7 @@ class Delivery:
         log.warning("offset jump in %s[%d]: expected %d, got %d; asking the broker what lies between",
                     tp.topic, tp.partition, hole.expected, hole.got)
         records = await asyncio.wait_for(
-            read_records(self.bootstrap, tp, hole.expected, hole.got), timeout=60)
+            read_records(self.bootstrap, tp, hole.expected, hole.got, self.client_kwargs), timeout=60)
         filled: list[Admitted] = []
         for r in records:
             self.ledger.skip(tp, r.offset)  # past any offsets without a record before it
@@ -381,13 +382,14 @@ class BrokerRecord:
 Admitted = tuple[Any, int, Any]  # (message, ledger generation, Faust event or None)
 
 
-async def read_records(bootstrap: str, tp: Any, start: int, end: int) -> list[BrokerRecord]:
+async def read_records(bootstrap: str, tp: Any, start: int, end: int,
+                       client_kwargs: dict[str, Any] | None = None) -> list[BrokerRecord]:
     """The records with start <= offset < end of one partition, read with a consumer of our own
     (no group, nothing committed). Offsets without a record (transaction markers, compaction) are
     simply absent."""
     part = TopicPartition(tp.topic, tp.partition)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                isolation_level="read_uncommitted")
+                                isolation_level="read_uncommitted", **(client_kwargs or {}))
     await consumer.start()
     try:
         consumer.assign([part])

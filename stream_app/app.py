@@ -69,6 +69,7 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
         producer_acks=-1,
         producer_linger_ms=settings.producer_linger_ms,
         processing_guarantee="at_least_once",  # exactly_once has open upstream bugs
+        broker_credentials=settings.faust_credentials(),  # SASL/SSL from the environment
     )
     app.ledger = OffsetLedger()
     t = settings.topics
@@ -84,7 +85,7 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
         max_future_s=settings.max_future_s, breaker_failures=settings.breaker_failures,
     )
     delivery = Delivery(app=app, pipeline=pipeline, table=table, ledger=app.ledger, metrics=metrics,
-                        bootstrap=settings.bootstrap)
+                        bootstrap=settings.bootstrap, client_kwargs=settings.kafka_client_kwargs())
     events = _raw_topic(app, t.events, settings.partitions)
     metrics.info.labels(settings.app_id, __version__).set(1)
     metrics.set_model(predictor.version, str(predictor.device))

@@ -73,6 +73,11 @@ class BrokerInfo:
     port: int
     controller_port: int
     data_dir: str
+    sasl_port: int | None = None  # a SASL_PLAINTEXT (PLAIN) listener, when started with sasl_users
+
+    @property
+    def sasl_bootstrap(self) -> str | None:
+        return f"127.0.0.1:{self.sasl_port}" if self.sasl_port else None
 
     @property
     def bootstrap(self) -> str:
@@ -94,7 +99,30 @@ def _port_is_free(port: int) -> bool:
         return True
 
 
-def server_properties(port: int, controller_port: int, log_dir: Path) -> str:
+def _jaas_quote(v: str) -> str:
+    if any(c in v for c in '"\\;\n'):
+        raise BrokerError("SASL passwords may not contain quotes, backslashes, ';' or newlines")
+    return f'"{v}"'
+
+
+def sasl_properties(users: dict[str, str]) -> dict[str, str]:
+    """An extra SASL_PLAINTEXT listener with the PLAIN mechanism; `users`: name -> password. The
+    broker itself keeps talking PLAINTEXT between its own listeners (inter-broker, controller)."""
+    if not users:
+        raise BrokerError("a SASL listener needs at least one user")
+    if not all(name.isidentifier() for name in users):
+        raise BrokerError(f"SASL user names must be letters, digits and '_': {list(users)}")
+    accounts = " ".join(f"user_{name}={_jaas_quote(pw)}" for name, pw in users.items())
+    jaas = f"org.apache.kafka.common.security.plain.PlainLoginModule required {accounts};"
+    return {
+        "sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.sasl_plaintext.sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas,
+    }
+
+
+def server_properties(port: int, controller_port: int, log_dir: Path, sasl_port: int | None = None,
+                      sasl_users: dict[str, str] | None = None) -> str:
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -118,6 +146,12 @@ def server_properties(port: int, controller_port: int, log_dir: Path) -> str:
         "log.cleaner.dedupe.buffer.size": str(32 * 1024 * 1024),
         "delete.topic.enable": "true",
     }
+    if sasl_port is not None:
+        extra = f",SASL_PLAINTEXT://127.0.0.1:{sasl_port}"
+        props["listeners"] += extra
+        props["advertised.listeners"] += extra
+        props["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+        props |= sasl_properties(sasl_users or {})
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
 
@@ -162,8 +196,10 @@ def broker_responds(bootstrap: str, timeout_s: float = 5.0) -> bool:
 
 
 def up(data_dir: Path, port: int | None = None, timeout_s: float = 90.0,
-       heap: str = "768m") -> BrokerInfo:
-    """Start a broker with a fresh data dir and return once a client call succeeds."""
+       heap: str = "768m", sasl_users: dict[str, str] | None = None) -> BrokerInfo:
+    """Start a broker with a fresh data dir and return once a client call succeeds.
+    `sasl_users` (name -> password): also open a SASL_PLAINTEXT listener (PLAIN) on a free port
+    (`BrokerInfo.sasl_bootstrap`), next to the PLAINTEXT one."""
     data_dir = data_dir.resolve()
     existing = _read_state(data_dir)
     if existing and _alive(existing.pid):
@@ -177,11 +213,12 @@ def up(data_dir: Path, port: int | None = None, timeout_s: float = 90.0,
     if not _port_is_free(port):
         raise BrokerError(f"port {port} is already in use")
     controller_port = free_port()
+    sasl_port = free_port() if sasl_users else None
     log_dir = data_dir / "kraft-logs"
     shutil.rmtree(log_dir, ignore_errors=True)  # always a fresh cluster
     data_dir.mkdir(parents=True, exist_ok=True)
     props = data_dir / "server.properties"
-    props.write_text(server_properties(port, controller_port, log_dir))
+    props.write_text(server_properties(port, controller_port, log_dir, sasl_port, sasl_users))
     cp = f"{libs}/*"
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     fmt = subprocess.run(
@@ -202,7 +239,8 @@ def up(data_dir: Path, port: int | None = None, timeout_s: float = 90.0,
         stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,  # survives the CLI that started it; Ctrl-C in a shell won't reach it
     )
-    info = BrokerInfo(pid=proc.pid, port=port, controller_port=controller_port, data_dir=str(data_dir))
+    info = BrokerInfo(pid=proc.pid, port=port, controller_port=controller_port, data_dir=str(data_dir),
+                      sasl_port=sasl_port)
     (data_dir / STATE_FILE).write_text(json.dumps(info.__dict__))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

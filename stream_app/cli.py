@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import broker
 from .config import Settings
+from .kafka_clients import BrokerUnavailable
 
 log = logging.getLogger("stream_app")
 
@@ -72,7 +73,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
     from .admin import ensure_topics, topic_specs
 
     s = _settings(args)
-    ensure_topics(s.bootstrap, topic_specs(s))
+    ensure_topics(s.bootstrap, topic_specs(s), s.kafka_client_kwargs())
     for name, n in topic_specs(s).items():
         print(f"{name}\t{n} partitions")
     return 0
@@ -83,13 +84,47 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .simulator import SimConfig, produce
 
     s = _settings(args)
-    ensure_topics(s.bootstrap, topic_specs(s))
+    ensure_topics(s.bootstrap, topic_specs(s), s.kafka_client_kwargs())
     cfg = SimConfig(users=args.users, events=args.events, seed=args.seed,
                     invalid_rate=args.invalid_rate,
                     drift_every_s=args.drift_every if args.drift else 0.0,
                     drift_strength=args.drift_strength)
-    counts = produce(s.bootstrap, s.topics.events, cfg, rate=args.rate)
+    counts = produce(s.bootstrap, s.topics.events, cfg, rate=args.rate,
+                     client_kwargs=s.kafka_client_kwargs())
     print(f"sent {counts['valid']} valid and {counts['invalid']} invalid events to {s.topics.events}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .admin import ensure_topics, topic_specs
+    from .replay import ReplayError, read_log, replay
+
+    s = _settings(args)
+    speed = None if args.speed == "max" else float(args.speed)
+    log_file = read_log(Path(args.path), args.format)
+    if args.limit:
+        log_file.events = log_file.events[:args.limit]
+    if log_file.rejected:
+        print(f"{log_file.rejected} invalid lines skipped, e.g. " + "; ".join(log_file.examples),
+              file=sys.stderr)
+    if not log_file.events:
+        print(f"error: no valid events in {args.path}", file=sys.stderr)
+        return 1
+    ensure_topics(s.bootstrap, topic_specs(s), s.kafka_client_kwargs())
+    pace = "as fast as possible" if speed is None else f"at {speed:g}x the log's pace"
+    with Progress(TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("events"), TimeRemainingColumn(), transient=False) as bar:
+        task = bar.add_task("replay", total=len(log_file.events))
+        bar.console.print(f"{len(log_file.events)} events from {args.path} -> {s.topics.events}, {pace}")
+        try:
+            report = replay(s, log_file, speed, progress=lambda n, _t: bar.update(task, completed=n))
+        except ReplayError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    print(f"sent {report.sent} events ({report.log_seconds:.0f} s of log time) in "
+          f"{report.wall_seconds:.1f} s; {report.rejected} invalid lines skipped")
     return 0
 
 
@@ -127,7 +162,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    ensure_topics(s.bootstrap, topic_specs(s))
+    ensure_topics(s.bootstrap, topic_specs(s), s.kafka_client_kwargs())
     app = build_app(s, predictor)
     log.info("worker %s: %s -> predictions with model %s on %s; metrics http://%s:%d/metrics",
              s.app_id, s.topics.events, predictor.version, predictor.device, s.web_host, s.web_port)
@@ -300,6 +335,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(rate=args.rate, users=args.users, model_dir=Path(args.model_dir))
 
 
+def _speed(v: str) -> str:
+    if v != "max" and not (v.replace(".", "", 1).isdigit() and float(v) > 0):
+        raise argparse.ArgumentTypeError("a positive number or 'max'")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stream-app", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -354,6 +395,17 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--model-dir", help="model registry (default $CLICKSTREAM_MODEL_DIR or var/models)")
     wk.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
     wk.set_defaults(func=cmd_worker)
+
+    rp = sub.add_parser("replay", help="replay a real log (Taobao CSV or schema-v1 JSON lines) into Kafka")
+    service_args(rp)
+    rp.add_argument("path", help="Taobao UserBehavior CSV (.csv) or JSON lines of schema-v1 events")
+    rp.add_argument("--speed", default="1", type=_speed,
+                    help="a multiple of the log's own pace (1 = original, 10 = ten times faster), "
+                         "or 'max' (as fast as possible); default 1")
+    rp.add_argument("--format", default="auto", choices=["auto", "taobao", "jsonl"],
+                    help="default: taobao for .csv, else jsonl")
+    rp.add_argument("--limit", type=int, help="only the first N events (in time order)")
+    rp.set_defaults(func=cmd_replay)
 
     tr = sub.add_parser("train", help="train a model and add it to a model registry")
     tr.add_argument("--source", default="simulate",
@@ -415,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except broker.BrokerError as e:
+    except (broker.BrokerError, BrokerUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import ssl
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .topics import DEFAULT_PARTITIONS, TopicNames
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,19 @@ class Settings:
     # /ready fails when a partition has lag > 0 and its position has not moved for this long
     stall_s: float = 60.0
     topics: TopicNames = field(init=False)
+    # Kafka security, for every client the service and its tools create (worker, admin, hole
+    # filling, replay, simulator, storefront client, demo, retrain): kafka_client_kwargs() and
+    # faust_credentials() carry them
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    sasl_mechanism: str = "PLAIN"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    ssl_cafile: str = ""  # CA bundle to verify the broker ("" = the system's)
+    ssl_certfile: str = ""  # client certificate (mutual TLS), PEM
+    ssl_keyfile: str = ""  # its private key, PEM
+    # "" = user ids are used as sent; else the HMAC-SHA256 key user and session ids are
+    # pseudonymised with before anything is stored or published (pseudonym.py)
+    pseudonym_key: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "topics", TopicNames(self.namespace))
@@ -68,6 +85,16 @@ class Settings:
             raise ValueError(f"store {self.store!r}: state rows are kept per partition in RocksDB; "
                              "use rocksdb://")
 
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            raise ValueError(f"security_protocol {self.security_protocol!r}: expected one of "
+                             f"{SECURITY_PROTOCOLS}")
+        if self.security_protocol.startswith("SASL_"):
+            if self.sasl_mechanism not in SASL_MECHANISMS:
+                raise ValueError(f"sasl_mechanism {self.sasl_mechanism!r}: expected one of "
+                                 f"{SASL_MECHANISMS}")
+            if not (self.sasl_username and self.sasl_password):
+                raise ValueError(f"security_protocol {self.security_protocol} needs "
+                                 "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
     @property
     def group_instance_id(self) -> str:
         if self.instance_id:
@@ -76,6 +103,42 @@ class Settings:
         return f"{self.app_id}-{hashlib.sha256(where.encode()).hexdigest()[:12]}"
 
     def with_(self, **changes: Any) -> Settings:
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for SSL and SASL_SSL (hostname checked, CA from ssl_cafile or the
+        system's, a client certificate when one is configured); None for plaintext protocols."""
+        if not self.security_protocol.endswith("SSL"):
+            return None
+        ctx = ssl.create_default_context(cafile=self.ssl_cafile or None)
+        if self.ssl_certfile:
+            ctx.load_cert_chain(self.ssl_certfile, self.ssl_keyfile or None)
+        return ctx
+
+    def kafka_client_kwargs(self) -> dict[str, Any]:
+        """Security keyword arguments for every kafka-python and aiokafka client (producers,
+        consumers, admin clients: both libraries use these names). Empty for PLAINTEXT, so
+        `KafkaProducer(bootstrap_servers=s.bootstrap, **s.kafka_client_kwargs())` works as before."""
+        if self.security_protocol == "PLAINTEXT":
+            return {}
+        kw: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL_"):
+            kw |= {"sasl_mechanism": self.sasl_mechanism, "sasl_plain_username": self.sasl_username,
+                   "sasl_plain_password": self.sasl_password}
+        ctx = self.ssl_context()
+        if ctx is not None:
+            kw["ssl_context"] = ctx
+        return kw
+
+    def faust_credentials(self) -> Any:
+        """The same settings as Faust's `broker_credentials` (None for PLAINTEXT)."""
+        import faust  # heavy import kept local: tools that never start a worker do not pay it
+
+        if self.security_protocol.startswith("SASL_"):
+            return faust.SASLCredentials(username=self.sasl_username, password=self.sasl_password,
+                                         mechanism=self.sasl_mechanism, ssl_context=self.ssl_context())
+        if self.security_protocol == "SSL":
+            return faust.SSLCredentials(self.ssl_context())
+        return None
+
         changes = {k: v for k, v in changes.items() if v is not None}
         return replace(self, **changes)
 
@@ -119,3 +182,11 @@ class Settings:
             retrain_web_port=int(e.get("CLICKSTREAM_RETRAIN_WEB_PORT", d.retrain_web_port)),
             stall_s=float(e.get("CLICKSTREAM_STALL_S", d.stall_s)),
         )
+            security_protocol=e.get("KAFKA_SECURITY_PROTOCOL", d.security_protocol).upper(),
+            sasl_mechanism=e.get("KAFKA_SASL_MECHANISM", d.sasl_mechanism).upper(),
+            sasl_username=e.get("KAFKA_SASL_USERNAME", d.sasl_username),
+            sasl_password=e.get("KAFKA_SASL_PASSWORD", d.sasl_password),
+            ssl_cafile=e.get("KAFKA_SSL_CAFILE", d.ssl_cafile),
+            ssl_certfile=e.get("KAFKA_SSL_CERTFILE", d.ssl_certfile),
+            ssl_keyfile=e.get("KAFKA_SSL_KEYFILE", d.ssl_keyfile),
+            pseudonym_key=e.get("CLICKSTREAM_PSEUDONYM_KEY", d.pseudonym_key),

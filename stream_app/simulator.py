@@ -33,7 +33,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -306,27 +306,36 @@ def messages(cfg: SimConfig) -> Iterator[tuple[bytes | None, bytes, bool]]:
 
 
 def produce(bootstrap: str, topic: str, cfg: SimConfig, rate: float | None = None,
-            on_sent: Any = None) -> dict[str, int]:
-    """Send the simulated stream keyed by user; `rate` events/s (None = as fast as possible)."""
+            on_sent: Any = None, client_kwargs: Mapping[str, Any] | None = None,
+            stall_s: float = 15.0) -> dict[str, int]:
+    """Send the simulated stream keyed by user; `rate` events/s (None = as fast as possible).
+    `client_kwargs`: security settings (Settings.kafka_client_kwargs()). Against a broker that
+    stops answering it gives up after `stall_s` without an acknowledgement (BrokerUnavailable),
+    instead of spinning in the producer's retries (kafka_clients.Deliveries)."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all",
-                             batch_size=256 * 1024, client_id="storefront-simulator")
+    from .kafka_clients import PRODUCER_DEFAULTS, Deliveries, close_producer, connect
+
+    opts = {**PRODUCER_DEFAULTS, "batch_size": 256 * 1024, **(client_kwargs or {})}
+    producer = connect(lambda: KafkaProducer(bootstrap_servers=bootstrap, client_id="storefront-simulator",
+                                             **opts), bootstrap, "the simulator")
+    deliveries = Deliveries(bootstrap, stall_s=stall_s)
     counts = {"valid": 0, "invalid": 0}
     t0 = time.monotonic()
     try:
         for n, (key, value, valid) in enumerate(messages(cfg)):
             if rate:
-                delay = t0 + n / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            producer.send(topic, key=key, value=value)
+                while (delay := t0 + n / rate - time.monotonic()) > 0:
+                    deliveries.check()
+                    time.sleep(min(delay, 0.5))
+            deliveries.check()
+            deliveries.watch(producer.send(topic, key=key, value=value))
             counts["valid" if valid else "invalid"] += 1
             if on_sent is not None:
                 on_sent(key, value, valid)
-        producer.flush()
+        deliveries.drain(producer)
     finally:
-        producer.close()
+        close_producer(producer, deliveries)
     return counts
 
 
