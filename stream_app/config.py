@@ -64,7 +64,6 @@ class Settings:
     retrain_web_port: int = 6070  # /metrics and /health of the retrain worker
     # /ready fails when a partition has lag > 0 and its position has not moved for this long
     stall_s: float = 60.0
-    topics: TopicNames = field(init=False)
     # Kafka security, for every client the service and its tools create (worker, admin, hole
     # filling, replay, simulator, storefront client, demo, retrain): kafka_client_kwargs() and
     # faust_credentials() carry them
@@ -78,13 +77,13 @@ class Settings:
     # "" = user ids are used as sent; else the HMAC-SHA256 key user and session ids are
     # pseudonymised with before anything is stored or published (pseudonym.py)
     pseudonym_key: str = field(default="", repr=False)
+    topics: TopicNames = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "topics", TopicNames(self.namespace))
         if not self.store.startswith("rocksdb:"):
             raise ValueError(f"store {self.store!r}: state rows are kept per partition in RocksDB; "
                              "use rocksdb://")
-
         if self.security_protocol not in SECURITY_PROTOCOLS:
             raise ValueError(f"security_protocol {self.security_protocol!r}: expected one of "
                              f"{SECURITY_PROTOCOLS}")
@@ -95,6 +94,7 @@ class Settings:
             if not (self.sasl_username and self.sasl_password):
                 raise ValueError(f"security_protocol {self.security_protocol} needs "
                                  "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+
     @property
     def group_instance_id(self) -> str:
         if self.instance_id:
@@ -102,7 +102,6 @@ class Settings:
         where = f"{socket.gethostname()}:{self.data_dir.resolve()}:{self.web_host}:{self.web_port}"
         return f"{self.app_id}-{hashlib.sha256(where.encode()).hexdigest()[:12]}"
 
-    def with_(self, **changes: Any) -> Settings:
     def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context for SSL and SASL_SSL (hostname checked, CA from ssl_cafile or the
         system's, a client certificate when one is configured); None for plaintext protocols."""
@@ -139,6 +138,7 @@ class Settings:
             return faust.SSLCredentials(self.ssl_context())
         return None
 
+    def with_(self, **changes: Any) -> Settings:
         changes = {k: v for k, v in changes.items() if v is not None}
         return replace(self, **changes)
 
@@ -181,7 +181,6 @@ class Settings:
             retrain_margin=float(e.get("CLICKSTREAM_RETRAIN_MARGIN", d.retrain_margin)),
             retrain_web_port=int(e.get("CLICKSTREAM_RETRAIN_WEB_PORT", d.retrain_web_port)),
             stall_s=float(e.get("CLICKSTREAM_STALL_S", d.stall_s)),
-        )
             security_protocol=e.get("KAFKA_SECURITY_PROTOCOL", d.security_protocol).upper(),
             sasl_mechanism=e.get("KAFKA_SASL_MECHANISM", d.sasl_mechanism).upper(),
             sasl_username=e.get("KAFKA_SASL_USERNAME", d.sasl_username),
@@ -190,3 +189,4 @@ class Settings:
             ssl_certfile=e.get("KAFKA_SSL_CERTFILE", d.ssl_certfile),
             ssl_keyfile=e.get("KAFKA_SSL_KEYFILE", d.ssl_keyfile),
             pseudonym_key=e.get("CLICKSTREAM_PSEUDONYM_KEY", d.pseudonym_key),
+        )
