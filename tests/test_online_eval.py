@@ -188,3 +188,55 @@ def test_metrics_export_per_version_and_cap_the_label_count():
         m.add_online({f"x{i}": Totals(action_scored=1)})
     versions = {s.labels["model_version"] for s in m.online_scored.collect()[0].samples}
     assert len(versions) <= 17 and "other" in versions
+
+
+def test_the_pipeline_counts_each_prediction_once_and_the_sweep_scores_expired_users(predictor):
+    """EventPipeline + IdleSweep over a dict table: scored on the next event, not again on a
+    replay, and an expired user's last churn prediction scored as churned."""
+    import asyncio
+
+    import orjson
+
+    from stream_app.agents import EventPipeline, IdleSweep
+
+    from .test_pipeline import NOW, DictTable, Msg, commit
+
+    horizon = predictor.model.cfg.churn_horizon_s
+    table = DictTable(active={0})
+    pipe = EventPipeline(metrics=Metrics(), predictor=predictor, table=table,
+                         limits=StateLimits(window_events=20, window_seconds=3600.0),
+                         dead_letters="dlq", next_action="na", churn="churn", clock=lambda: NOW)
+
+    def msg(i, user, ts):
+        v = orjson.dumps({"event_id": f"e{i}", "user_id": user, "ts": ts, "action": "view",
+                          "item_id": "i1"})
+        return Msg(user.encode(), v, 0, i)
+
+    t = NOW - 5000
+    first = [msg(0, "u1", t), msg(1, "u1", t + 10), msg(2, "u2", NOW - 9000)]
+    commit(table, pipe.process(first))
+    later = [msg(3, "u1", t + 10 + horizon + 5)]  # back after the horizon: churned
+    commit(table, pipe.process(later))
+    g = pipe.metrics.registry.get_sample_value
+    v = predictor.version
+
+    def count(kind):
+        return g("clickstream_online_scored_total", {"model_version": v, "kind": kind})
+
+    def outcomes(outcome):
+        return sum(g("clickstream_online_churn_calibration_total",
+                     {"model_version": v, "bin": f"{b / 10:.1f}", "outcome": outcome}) or 0
+                   for b in range(10))
+
+    assert (count("action"), count("item"), count("churn")) == (2, 2, 2)
+    assert (outcomes("returned"), outcomes("churned")) == (1, 1)
+    pipe.process(later)  # redelivered: replayed, predicted, not scored again
+    assert (count("action"), count("churn")) == (2, 2)
+
+    class _Delivery:
+        pipeline, in_flight = pipe, set()
+
+    sweep = IdleSweep(app=None, table=table, delivery=_Delivery(), window_s=3600.0, max_future_s=600,
+                      metrics=pipe.metrics, forget=lambda row: None, churn_horizon=lambda: horizon)
+    assert asyncio.run(sweep.run()) == 1  # u2, idle for longer than the window
+    assert count("churn") == 3 and outcomes("churned") == 2 and count("action") == 2
