@@ -243,10 +243,15 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from models.gru import GRUConfig
     from models.train import TrainConfig
 
+    from .model_bus import announce
     from .retrain import RetrainJob, run_cycle, serve_forever
 
     s = _settings(args).with_(model_dir=Path(args.model_dir) if args.model_dir else None,
                               retrain_web_port=args.web_port, device=args.device)
+
+    def tell_fleet(version: str, reason: str) -> None:  # workers elsewhere follow the model bus
+        announce(s, s.model_dir, version, reason=reason, by="retrain")
+
     job = RetrainJob(
         train=TrainConfig(epochs=args.epochs, max_seconds=args.max_seconds, patience=1,
                           batch_tokens=args.batch_tokens),
@@ -254,7 +259,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                               churn_horizon_s=args.horizon, repeat_flag=True, gap_buckets=True),
         device=s.device)
     if args.once:
-        rec = run_cycle(s, job)
+        rec = run_cycle(s, job, on_promoted=tell_fleet)
         print(f"{rec['outcome']}: {rec.get('reason', '')}")
         for model in ("champion", "challenger"):
             m = (rec.get("metrics") or {}).get(model)
@@ -263,11 +268,15 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                                                  if not k.startswith("n_")))
         if rec.get("version"):
             print(f"promoted version {rec['version']} in {s.model_dir}")
+        if rec.get("announce_error"):
+            print(f"error: not announced to the fleet: {rec['announce_error']}; retry with "
+                  f"`stream-app models announce`", file=sys.stderr)
+            return 1
         return 1 if rec["outcome"] == "failed" else 0
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        serve_forever(s, job, stop)
+        serve_forever(s, job, stop, on_promoted=tell_fleet)
     except KeyboardInterrupt:
         stop.set()
     return 0
@@ -290,6 +299,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     from models.checkpoint import (
         CheckpointError,
+        current_version,
         promote,
         read_history,
         rollback,
@@ -317,15 +327,38 @@ def cmd_models(args: argparse.Namespace) -> int:
                       f"by {e['actor']}: {e['reason']}")
         elif args.models_command == "show":
             print(json.dumps(show_version(reg, args.version), indent=2, default=str))
+        elif args.models_command == "announce":
+            return _announce(args, reg, args.version or current_version(reg), "re-announced")
         elif args.models_command == "promote":
             e = promote(reg, args.version, _actor(args), args.reason)
             print(f"promoted {e['version']} (was {e['previous']}) in {reg}")
+            return _announce(args, reg, e["version"], args.reason)
         else:
             e = rollback(reg, _actor(args), args.reason)
             print(f"rolled back to {e['version']} (was {e['previous']}) in {reg}")
+            return _announce(args, reg, e["version"], f"rollback: {args.reason}")
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _announce(args: argparse.Namespace, reg: Path, version: str | None, reason: str) -> int:
+    """Tell the fleet (model bus) which version to serve, unless --local."""
+    if getattr(args, "local", False):
+        return 0
+    if version is None:
+        print(f"error: no current version in {reg}", file=sys.stderr)
+        return 2
+    from .model_bus import announce
+
+    try:
+        announce(_settings(args), reg, version, reason=reason, by=_actor(args))
+    except Exception as e:  # the registry change stands; say how to finish the job
+        print(f"error: {version} is current in {reg} but was not announced to the fleet "
+              f"({type(e).__name__}: {e}); retry with `stream-app models announce`", file=sys.stderr)
+        return 1
+    print(f"announced {version} to the fleet ({_settings(args).topics.model_updates})")
     return 0
 
 
@@ -441,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="churn horizon in seconds, first model only")
     rt.set_defaults(func=cmd_retrain)
 
-    md = sub.add_parser("models", help="the model registry: list | show V | promote V | rollback")
+    md = sub.add_parser("models", help="the model registry: list | show V | promote V | rollback | announce")
     msub = md.add_subparsers(dest="models_command", required=True)
     m_list = msub.add_parser("list", help="versions (* = current) and the latest history")
     m_list.add_argument("--history", type=int, default=10, help="history lines to show")
@@ -450,10 +483,17 @@ def build_parser() -> argparse.ArgumentParser:
     m_promote = msub.add_parser("promote", help="verify a version and put it in service")
     m_promote.add_argument("version")
     m_back = msub.add_parser("rollback", help="put back the version in service before the current")
+    m_ann = msub.add_parser("announce", help="tell the fleet (model bus) to serve a version "
+                                             "(default: the current one); CURRENT is not changed")
+    m_ann.add_argument("version", nargs="?")
     for sp in (m_promote, m_back):
         sp.add_argument("--reason", default="by hand", help="recorded in the history")
+        sp.add_argument("--local", action="store_true",
+                        help="change this registry only; do not announce to the fleet")
+    for sp in (m_promote, m_back, m_ann):
         sp.add_argument("--user", help="recorded as operator:<user> (default: the login name)")
-    for sp in (m_list, m_show, m_promote, m_back):
+        service_args(sp)
+    for sp in (m_list, m_show, m_promote, m_back, m_ann):
         sp.add_argument("--model-dir", help="model registry (default $CLICKSTREAM_MODEL_DIR or var/models)")
     md.set_defaults(func=cmd_models)
     return p

@@ -153,8 +153,10 @@ class RetrainJob:
 
 
 def run_cycle(settings: Settings, job: RetrainJob, metrics: RetrainMetrics | None = None,
-              on_promoted: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Read, train, judge, decide, record. Never raises: a failure is a cycle outcome."""
+              on_promoted: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+    """Read, train, judge, decide, record. Never raises: a failure is a cycle outcome.
+    `on_promoted(version, reason)` runs after a promotion (the CLI announces it to the fleet on
+    the model bus); its failure is recorded as `announce_error`, the promotion stands."""
     started = time.time()
     registry = settings.model_dir
     record: dict[str, Any] = {"started_unix": started, "champion_version": None, "version": None}
@@ -186,7 +188,11 @@ def run_cycle(settings: Settings, job: RetrainJob, metrics: RetrainMetrics | Non
                 promote(registry, version, "retrain", ch.decision.reason, ch.record())
                 record |= {"outcome": "promoted", "version": version}
                 if on_promoted is not None:
-                    on_promoted(version)
+                    try:
+                        on_promoted(version, ch.decision.reason)
+                    except Exception as e:
+                        log.exception("promoted %s, but telling the fleet failed", version)
+                        record["announce_error"] = f"{type(e).__name__}: {e}"
             else:
                 record["outcome"] = "rejected"
     except Exception as e:  # a failed cycle is recorded and the worker goes on to the next one
@@ -243,7 +249,7 @@ class _Server(ThreadingHTTPServer):
 
 
 def serve_forever(settings: Settings, job: RetrainJob, stop: threading.Event,
-                  on_promoted: Callable[[str], None] | None = None) -> None:
+                  on_promoted: Callable[[str, str], None] | None = None) -> None:
     """Cycle every `retrain_interval_s` (from the end of one to the start of the next) until
     `stop` is set; /metrics and /health meanwhile on the retrain web port."""
     metrics = RetrainMetrics()
@@ -255,7 +261,8 @@ def serve_forever(settings: Settings, job: RetrainJob, stop: threading.Event,
     try:
         while not stop.is_set():
             rec = run_cycle(settings, job, metrics, on_promoted)
-            server.last = {k: rec.get(k) for k in ("outcome", "reason", "version", "ended_unix")}
+            server.last = {k: rec.get(k) for k in ("outcome", "reason", "version", "ended_unix",
+                                                   "announce_error")}
             stop.wait(settings.retrain_interval_s)
     finally:
         server.stopped.set()

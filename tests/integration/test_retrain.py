@@ -21,6 +21,7 @@ from models.checkpoint import current_version, list_versions, read_cycles, read_
 from stream_app.admin import ensure_topics
 from stream_app.broker import free_port
 from stream_app.config import Settings
+from stream_app.model_bus import latest_announcement
 from stream_app.simulator import SimConfig, Storefront
 
 from ..modelkit import make_registry
@@ -60,9 +61,9 @@ def _retrain_once(env: dict[str, str], registry: Path, *extra: str) -> subproces
     return r
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "stream_app.cli", *args], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env=env)
 
 
 def test_worse_challenger_is_not_promoted_and_the_worker_reports_why(kafka_bootstrap, namespace,
@@ -176,6 +177,19 @@ def test_after_drift_a_retrain_promotes_a_challenger_that_ranks_better(kafka_boo
         (champion, None, "retrain"), (new, champion, "retrain")]
     assert h[-1]["metrics"]["challenger"]["item_hit_at_20"] == chall["item_hit_at_20"]
     assert [c["outcome"] for c in cycles] == ["promoted", "promoted"]
+    # ... and announced to the fleet on the model bus, with the retrain worker's reason
+    s = Settings(bootstrap=kafka_bootstrap, namespace=namespace, partitions=PARTITIONS)
+    news = latest_announcement(s)
+    assert news is not None and news["version"] == new and news["by"] == "retrain"
+    assert news["reason"] == last["reason"]
+    # an operator's rollback from the CLI is announced too
+    r = _cli("models", "rollback", "--model-dir", str(reg), "--user", "carol", "--reason", "check",
+             env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    news = latest_announcement(s)
+    assert current_version(reg) == champion and news is not None
+    assert (news["version"], news["by"], news["reason"]) == (champion, "operator:carol",
+                                                           "rollback: check")
 
 
 def test_operators_promote_and_roll_back_from_the_cli(registry, tmp_path):
@@ -185,7 +199,7 @@ def test_operators_promote_and_roll_back_from_the_cli(registry, tmp_path):
     second = make_registry(reg, users=60, events=1500, seed=5)
     assert current_version(reg) == first
     r = _cli("models", "promote", second, "--model-dir", str(reg), "--user", "alice",
-             "--reason", "campaign week")
+             "--reason", "campaign week", "--local")
     assert r.returncode == 0, r.stderr
     assert current_version(reg) == second
     r = _cli("models", "list", "--model-dir", str(reg))
@@ -193,17 +207,18 @@ def test_operators_promote_and_roll_back_from_the_cli(registry, tmp_path):
     r = _cli("models", "show", second, "--model-dir", str(reg))
     shown = json.loads(r.stdout)
     assert shown["current"] and shown["history"][0]["reason"] == "campaign week"
-    r = _cli("models", "rollback", "--model-dir", str(reg), "--user", "bob", "--reason", "worse")
+    r = _cli("models", "rollback", "--model-dir", str(reg), "--user", "bob", "--reason", "worse",
+             "--local")
     assert r.returncode == 0, r.stderr
     assert current_version(reg) == first
     assert [(e["kind"], e["version"], e["previous"], e["actor"]) for e in read_history(reg)] == [
         ("promote", second, first, "operator:alice"), ("rollback", first, second, "operator:bob")]
-    r = _cli("models", "rollback", "--model-dir", str(reg))
+    r = _cli("models", "rollback", "--model-dir", str(reg), "--local")
     assert r.returncode == 2 and "nothing to roll back" in r.stderr
     assert current_version(reg) == first
     # a torn artifact is refused and CURRENT stays
     w = reg / "versions" / second / "weights.safetensors"
     w.write_bytes(w.read_bytes()[:-8] + b"XXXXXXXX")
-    r = _cli("models", "promote", second, "--model-dir", str(reg))
+    r = _cli("models", "promote", second, "--model-dir", str(reg), "--local")
     assert r.returncode == 2 and "checksum" in r.stderr
     assert current_version(reg) == first
