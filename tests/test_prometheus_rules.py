@@ -62,3 +62,10 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test_and_a_runbook():
         assert any(c["exp_alerts"] for c in mine), f"{name}: no test where it fires"
         assert any(not c["exp_alerts"] for c in mine), f"{name}: no test where it stays quiet"
         assert rule["annotations"]["runbook"] == f"README.md, Operations: {name}"
+
+
+def test_readme_explains_every_alert():
+    readme = (promql.ROOT / "README.md").read_text()
+    ops = readme[readme.index("## Operations"):]
+    for name in (r["alert"] for r in promql.rules() if "alert" in r):
+        assert f"| `{name}`" in ops, f"README Operations has no row for {name}"
