@@ -28,8 +28,10 @@ against the announcement, then `Predictor.prepare`: checksum, config, finite wei
 worker's window) in a thread, writes it into the local registry (staging folder, renamed into
 `versions/`), installs it between two batches and points the local CURRENT at it. A bad artifact
 is refused (`clickstream_model_load_failures_total`, a log line) and the old version keeps
-serving. The local CURRENT poll (`follow_registry`) stays as the single-machine path; both go
-through one lock and one refusal list.
+serving; a broker that does not deliver the artifact (a Kafka error, a timeout) refuses nothing:
+the follower reconnects after 5 s, re-reads the latest announcement and tries again. The local
+CURRENT poll (`follow_registry`) stays as the single-machine path; both go through one lock and
+one refusal list.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from kafka.errors import KafkaError
 
 from models.checkpoint import CheckpointError, LoadedModel, set_current
 
@@ -65,6 +69,10 @@ _FETCH_TIMEOUT_S = 60.0
 
 class ArtifactError(CheckpointError):
     """An artifact that cannot be served: missing, too large, damaged or inconsistent."""
+
+
+class FetchTimeout(RuntimeError):
+    """The broker did not deliver in time: not the artifact's fault, so it is tried again."""
 
 
 def _client_kwargs(settings: Settings) -> dict[str, Any]:
@@ -235,6 +243,8 @@ def fetch_artifact(settings: Settings, announcement: dict[str, Any]) -> bytes:
             for r in consumer.poll(timeout_ms=500).get(tp, []):
                 if r.key == key:
                     found = None if r.value is None else bytes(r.value)
+        if consumer.position(tp) < end:
+            raise FetchTimeout(f"reading {tp.topic} took longer than {_FETCH_TIMEOUT_S:g} s")
         if found is None:
             raise ArtifactError(f"no artifact for version {art['key']} in {tp.topic}")
         return found
@@ -328,6 +338,8 @@ class ModelFollower:
                 return
             try:  # fetching, verifying and loading happen off the event loop
                 loaded = await asyncio.to_thread(self._obtain, version, announcement)
+            except (KafkaError, FetchTimeout):
+                raise  # the broker, not the artifact: follow_bus reconnects and tries again
             except Exception as exc:  # noqa: BLE001 - a bad artifact must not stop serving
                 self.refused.add(refusal_key)
                 self.metrics.model_load_failures.inc()
