@@ -94,7 +94,9 @@ class EventPipeline:
     def __init__(self, *, metrics: Metrics, predictor: Predictor, table: Any, limits: StateLimits,
                  dead_letters: str, next_action: str, churn: str, valid_events: str | None = None,
                  max_future_s: float = 600.0, breaker_failures: int = 20,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 pseudonymise: Callable[[Event], Event] | None = None) -> None:
+        self.pseudonymise = pseudonymise  # pseudonymisation.py: ids hashed before any use
         self.metrics = metrics
         self.predictor = predictor
         self.table = table  # StateTable (tables.py) or a test double with the same methods
@@ -127,6 +129,7 @@ class EventPipeline:
                 if msg.key is None:
                     raise InvalidEvent(KEY_MISMATCH, "message has no key; the key must be the user_id")
                 e = parse_event(msg.value, msg.key)
+                e = self.pseudonymise(e) if self.pseudonymise else e
                 check_not_future(e, now, self.max_future_s)
             except InvalidEvent as err:
                 self._dead_letter(out, msg, err)
@@ -202,7 +205,7 @@ class EventPipeline:
         horizon = self.predictor.model.cfg.churn_horizon_s
         msgs = out.messages
         for (msg, e), p in zip(accepted, result.predictions, strict=True):
-            key = msg.key
+            key = e.user_id.encode()  # = msg.key, or its pseudonym
             part = msg.partition
             msgs.append(OutMessage(self.next_action, part, key, next_action_payload(
                 e, version, p.action_probs, p.top_items, now, p.replayed)))

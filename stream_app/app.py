@@ -11,7 +11,7 @@ from typing import Any
 import faust
 from aiohttp import web as aioweb
 
-from . import __version__
+from . import __version__, pseudonymisation
 from .agents import Delivery, EventPipeline, IdleSweep
 from .config import Settings
 from .health import Health, agent_status, input_positions
@@ -83,6 +83,7 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
         dead_letters=t.dead_letters, next_action=t.next_action, churn=t.churn,
         valid_events=t.valid_events if settings.emit_valid_events else None,
         max_future_s=settings.max_future_s, breaker_failures=settings.breaker_failures,
+        pseudonymise=pseudonymisation.from_key(settings.pseudonym_key),
     )
     delivery = Delivery(app=app, pipeline=pipeline, table=table, ledger=app.ledger, metrics=metrics,
                         bootstrap=settings.bootstrap, client_kwargs=settings.kafka_client_kwargs())

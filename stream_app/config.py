@@ -75,7 +75,7 @@ class Settings:
     ssl_certfile: str = ""  # client certificate (mutual TLS), PEM
     ssl_keyfile: str = ""  # its private key, PEM
     # "" = user ids are used as sent; else the HMAC-SHA256 key user and session ids are
-    # pseudonymised with before anything is stored or published (pseudonym.py)
+    # pseudonymised with before anything is stored or published (pseudonymisation.py)
     pseudonym_key: str = field(default="", repr=False)
     topics: TopicNames = field(init=False)
 

@@ -266,7 +266,7 @@ def test_a_hole_is_filled_from_the_broker_before_the_event_that_revealed_it(pred
     delivery = agents.Delivery(app=app, pipeline=pipe, table=table, ledger=ledger,
                                metrics=pipe.metrics, bootstrap="unused")
 
-    async def fake_read(bootstrap, tp_, start, end):
+    async def fake_read(bootstrap, tp_, start, end, client_kwargs=None):
         assert (start, end) == (10, 13)
         return [agents.BrokerRecord("events", 0, o, b"u1", ev(o), [], None) for o in (10, 12)]  # 11: a marker
 
