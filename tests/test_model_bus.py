@@ -56,3 +56,13 @@ def test_bus_topics_are_single_partition_and_compacted():
     assert _configs(s.topics.model_updates)["cleanup.policy"] == "compact"
     assert int(_configs(s.topics.model_artifacts)["max.message.bytes"]) > 64 * 1024 * 1024
     assert _configs(s.topics.events) == {}
+
+
+def test_an_artifact_over_the_size_limit_is_refused_before_anything_is_sent(packed, monkeypatch):
+    import stream_app.model_bus as bus
+
+    blob, manifest, _ = packed
+    monkeypatch.setattr(bus, "ARTIFACT_MAX_BYTES", len(blob) - 1)
+    s = Settings(bootstrap="127.0.0.1:1")  # nothing listens there: no connection is attempted
+    with pytest.raises(ArtifactError, match="over the artifact limit"):
+        bus.publish(s, manifest["version"], manifest, blob)
