@@ -94,7 +94,7 @@ def test_swap_under_load_switches_between_batches_and_serves_the_new_model(kafka
     author, v1, v2 = _author(registry, tmp_path)
     served = tmp_path / "worker-registry"  # no disk shared with the announcer
     shutil.copytree(registry, served)
-    events = [e for e, _ in Storefront(SimConfig(users=60, events=8000, seed=11)).events()]
+    events = [e for e, _ in Storefront(SimConfig(users=60, events=30_000, seed=11)).events()]
     worker = start_worker(kafka_bootstrap, namespace, tmp_path, env=ENV,
                           extra_args=["--model-dir", str(served), "--device", "cpu"])
     feeder = Feeder(kafka_bootstrap, s.topics.events, events)
