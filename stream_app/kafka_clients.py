@@ -140,26 +140,31 @@ class Deliveries:
         self.sent += 1
         return future.add_callback(self._ok).add_errback(self._error)
 
-    def check(self) -> None:
-        if self.first is not None:
+    def stalled(self) -> bool:
+        return bool(self.outstanding) and self.clock() - self.progress_at > self.stall_s
+
+    def check(self, failures: bool = True) -> None:
+        """Raises at a failed record (unless `failures` is False: the caller reports them) or
+        when the broker has acknowledged nothing for `stall_s` while records wait."""
+        if failures and self.first is not None:
             raise BrokerUnavailable(f"the broker at {self.bootstrap} did not take {self.failed} records "
                                     f"(first: {self.first!r}); {self.acked} were acknowledged")
-        if self.outstanding and self.clock() - self.progress_at > self.stall_s:
+        if self.stalled():
             raise BrokerUnavailable(f"the broker at {self.bootstrap} acknowledged nothing for "
                                     f"{self.stall_s:.0f} s ({self.outstanding} records waiting, "
                                     f"{self.acked} acknowledged): is it running?")
 
-    def drain(self, producer: Any) -> None:
-        """Wait until every record sent is acknowledged; raises like `check`."""
+    def drain(self, producer: Any, failures: bool = True) -> None:
+        """Wait until every record sent is acknowledged or failed; raises like `check`."""
         from kafka.errors import KafkaTimeoutError
 
         while self.outstanding:
-            self.check()
+            self.check(failures)
             try:
                 producer.flush(timeout=1.0)
             except KafkaTimeoutError:
                 pass
-        self.check()
+        self.check(failures)
 
 
 def close_producer(producer: Any, deliveries: Deliveries) -> None:
