@@ -151,19 +151,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 2
     from .admin import ensure_topics, topic_specs
     from .app import build_app, run_worker
-    from .predictor import Predictor
+    from .instruments import Metrics
+    from .model_bus import open_predictor
 
     if s.torch_threads:
         import torch
 
         torch.set_num_threads(s.torch_threads)
-    try:
-        predictor = Predictor(s.model_dir, device=s.device, top_k=s.top_k, cache_users=s.cache_users)
+    metrics = Metrics()
+    try:  # CURRENT, or a fallback when CURRENT cannot be loaded (model_bus.open_predictor)
+        predictor = open_predictor(s, metrics)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     ensure_topics(s.bootstrap, topic_specs(s), s.kafka_client_kwargs())
-    app = build_app(s, predictor)
+    app = build_app(s, predictor, metrics)
     log.info("worker %s: %s -> predictions with model %s on %s; metrics http://%s:%d/metrics",
              s.app_id, s.topics.events, predictor.version, predictor.device, s.web_host, s.web_port)
     run_worker(app, loglevel=s.log_level)

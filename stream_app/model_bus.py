@@ -51,7 +51,7 @@ from typing import Any
 
 from kafka.errors import KafkaError
 
-from models.checkpoint import CheckpointError, LoadedModel, set_current
+from models.checkpoint import CheckpointError, LoadedModel, current_version, set_current
 
 from .config import Settings
 from .instruments import Metrics
@@ -383,6 +383,55 @@ class ModelFollower:
             raise CheckpointError(f"version {lm.version} reads a {lm.model.cfg.window}-event window; "
                                   f"this worker keeps {self.settings.window_events}")
         return lm
+
+
+def open_predictor(settings: Settings, metrics: Metrics) -> Predictor:
+    """The model a starting worker serves: the registry's CURRENT or, when that one cannot be
+    loaded (damaged or inconsistent), the versions that were in service before it (the registry's
+    history, most recent first), and last the version announced on the model bus (fetched,
+    verified and made CURRENT). Each refusal is counted and logged and the worker starts anyway;
+    the poll does not retry a refused version. Raises CheckpointError when nothing loads."""
+    from models.checkpoint import read_history
+
+    registry = settings.model_dir
+    candidates = [current_version(registry)]
+    for e in reversed(read_history(registry)):
+        candidates += [e.get("version"), e.get("previous")]
+    refused: list[str] = []
+
+    def load(version: str) -> Predictor | None:
+        try:
+            return Predictor(registry, device=settings.device, top_k=settings.top_k,
+                             cache_users=settings.cache_users, version=version)
+        except Exception as exc:  # noqa: BLE001 - a damaged version must not keep the worker down
+            metrics.model_load_failures.inc()
+            log.error("refusing model version %s at start: %s", version, exc)
+            refused.append(version)
+            return None
+
+    p = None
+    for version in dict.fromkeys(v for v in candidates if v):
+        if (p := load(version)) is not None:
+            break
+    if p is None and refused:  # nothing local loads: the fleet's version
+        try:
+            announced = fetch_latest(settings, registry)
+        except CheckpointError as exc:
+            metrics.model_load_failures.inc()
+            log.error("the announced model cannot be used either: %s", exc)
+            announced = None
+        except Exception as exc:  # noqa: BLE001 - the error below says what was tried
+            log.error("the model bus could not be read: %r", exc)
+            announced = None
+        if announced is not None and announced not in refused:
+            p = load(announced)
+    if p is None:
+        raise CheckpointError(f"no model version in {registry} can be served (refused: "
+                              f"{', '.join(refused) or 'none'})")
+    if refused:
+        log.error("the registry's CURRENT could not be served; serving %s", p.version)
+    p.refused.update(refused)
+    return p
 
 
 def fetch_latest(settings: Settings, registry: Path) -> str | None:

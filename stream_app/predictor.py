@@ -28,12 +28,14 @@ _MEMO_LIMIT = 1_000_000  # id -> index memo entries (the vocabulary itself is fi
 
 class Predictor:
     def __init__(self, registry: Path, device: str = "auto", top_k: int = 10,
-                 cache_users: int = 100_000) -> None:
+                 cache_users: int = 100_000, version: str | None = None) -> None:
+        """Serves `version` of the registry (default: its CURRENT)."""
         self.registry = Path(registry)
         self.device = pick_device(device)
         self.top_k = top_k
         self.cache_users = cache_users
-        self.install(self.prepare(None))
+        self.refused: set[str] = set()  # versions that failed to load: the CURRENT poll skips them
+        self.install(self.prepare(version))
 
     def prepare(self, version: str | None, registry: Path | None = None) -> LoadedModel:
         """Load and verify a version (checksum, config, finite weights); raises CheckpointError.
@@ -64,7 +66,7 @@ class Predictor:
     def wanted_version(self) -> str | None:
         """The registry's current version when it differs from the one in service."""
         v = current_version(self.registry)
-        return None if v is None or v == self.version else v
+        return None if v is None or v == self.version or v in self.refused else v
 
     # --- state -> tensors ---------------------------------------------------------------------
     def item_index(self, item_id: str | None) -> int:

@@ -66,3 +66,27 @@ def test_an_artifact_over_the_size_limit_is_refused_before_anything_is_sent(pack
     s = Settings(bootstrap="127.0.0.1:1")  # nothing listens there: no connection is attempted
     with pytest.raises(ArtifactError, match="over the artifact limit"):
         bus.publish(s, manifest["version"], manifest, blob)
+
+
+def _damage(registry, version):
+    w = registry / "versions" / version / "weights.safetensors"
+    b = bytearray(w.read_bytes())
+    b[-5] ^= 0xFF
+    w.write_bytes(bytes(b))
+
+
+def test_a_worker_starts_on_the_previous_version_in_service_when_current_is_damaged(tmp_path):
+    from models.checkpoint import current_version, promote
+    from stream_app.instruments import Metrics
+    from stream_app.model_bus import open_predictor
+
+    reg = tmp_path / "registry"
+    v1 = make_registry(reg, users=40, events=800)
+    v2 = make_registry(reg, users=40, events=800, seed=8)
+    promote(reg, v2, "test", "a promotion")  # history: v1 was in service before v2
+    _damage(reg, v2)
+    metrics = Metrics()
+    p = open_predictor(Settings(model_dir=reg, device="cpu"), metrics)
+    assert p.version == v1 and current_version(reg) == v2  # CURRENT stays as the operator set it
+    assert metrics.registry.get_sample_value("clickstream_model_load_failures_total") == 1
+    assert p.wanted_version() is None  # the poll does not retry the refused version

@@ -245,3 +245,27 @@ def test_two_workers_without_shared_disk_follow_announcements_refuse_corruption_
     finally:
         for w in workers:
             assert w.stop() == 0, w.log()[-3000:]
+
+
+def test_a_worker_whose_current_version_is_damaged_starts_with_the_announced_one(
+        kafka_bootstrap, namespace, tmp_path, registry):
+    s = Settings(bootstrap=kafka_bootstrap, namespace=namespace, partitions=4)
+    ensure_topics(kafka_bootstrap, topic_specs(s))
+    v1 = current_version(registry)
+    assert v1 is not None
+    announce(s, registry, v1, reason="in service")
+    reg = tmp_path / "damaged-registry"  # CURRENT names a damaged copy; no history, no v1
+    shutil.copytree(registry / "versions" / v1, reg / "versions" / "broken")
+    w = reg / "versions" / "broken" / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[:-8] + b"\xff" * 8)
+    set_current(reg, "broken")
+    worker = start_worker(kafka_bootstrap, namespace, tmp_path, env=ENV,
+                          extra_args=["--model-dir", str(reg), "--device", "cpu"])
+    try:
+        assert _serving(worker, v1) and current_version(reg) == v1
+        assert metric_value(worker.metrics_text(), "clickstream_model_load_failures_total") == 1.0
+        ids = _send_tagged(kafka_bootstrap, s.topics.events, "after-start")
+        assert _versions_of(kafka_bootstrap, s, ids, 0) == {v1}
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
+    assert "refusing model version broken at start" in worker.log()
