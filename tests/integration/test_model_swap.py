@@ -4,6 +4,7 @@ broker: workers that share no registry directory with the announcer (or with eac
 from __future__ import annotations
 
 import collections
+import os
 import shutil
 import threading
 import time
@@ -269,3 +270,17 @@ def test_a_worker_whose_current_version_is_damaged_starts_with_the_announced_one
     finally:
         assert worker.stop() == 0, worker.log()[-3000:]
     assert "refusing model version broken at start" in worker.log()
+
+
+def test_artifacts_beyond_the_brokers_default_message_size_travel_whole(kafka_bootstrap, namespace):
+    """A real model is megabytes (516 bytes per item at width 128); the broker's default limit is
+    1 MiB. The artifacts topic, the producer and the consumer are set up for 64 MiB."""
+    from stream_app.model_bus import fetch_artifact, latest_announcement
+
+    s = Settings(bootstrap=kafka_bootstrap, namespace=namespace, partitions=4)
+    blob = os.urandom(12 * 1024 * 1024)
+    a = publish(s, "big-version", {"weights_sha256": "x"}, blob, reason="size check")
+    assert latest_announcement(s) == a
+    assert fetch_artifact(s, a) == blob
+    again = publish(s, "big-version", {"weights_sha256": "x"}, blob[::-1])  # re-announced: new bytes
+    assert fetch_artifact(s, again) == blob[::-1] and fetch_artifact(s, a) == blob
