@@ -24,6 +24,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import processes
+
 log = logging.getLogger(__name__)
 
 KAFKA_VERSION = "4.3.1"
@@ -196,10 +198,12 @@ def broker_responds(bootstrap: str, timeout_s: float = 5.0) -> bool:
 
 
 def up(data_dir: Path, port: int | None = None, timeout_s: float = 90.0,
-       heap: str = "768m", sasl_users: dict[str, str] | None = None) -> BrokerInfo:
+       heap: str = "768m", sasl_users: dict[str, str] | None = None,
+       die_with_parent: bool = False) -> BrokerInfo:
     """Start a broker with a fresh data dir and return once a client call succeeds.
     `sasl_users` (name -> password): also open a SASL_PLAINTEXT listener (PLAIN) on a free port
-    (`BrokerInfo.sasl_bootstrap`), next to the PLAINTEXT one."""
+    (`BrokerInfo.sasl_bootstrap`), next to the PLAINTEXT one. `die_with_parent`: the JVM gets
+    SIGTERM when the calling process dies, however it dies (the demo; processes.py)."""
     data_dir = data_dir.resolve()
     existing = _read_state(data_dir)
     if existing and _alive(existing.pid):
@@ -238,6 +242,7 @@ def up(data_dir: Path, port: int | None = None, timeout_s: float = 90.0,
          f"-Dkafka.logs.file={server_log}", "-cp", cp, "kafka.Kafka", str(props)],
         stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,  # survives the CLI that started it; Ctrl-C in a shell won't reach it
+        preexec_fn=processes.die_with_parent() if die_with_parent else None,
     )
     info = BrokerInfo(pid=proc.pid, port=port, controller_port=controller_port, data_dir=str(data_dir),
                       sasl_port=sasl_port)
@@ -273,6 +278,11 @@ def down(data_dir: Path, timeout_s: float = 30.0) -> bool:
         _reap(info.pid)
     (data_dir / STATE_FILE).unlink(missing_ok=True)
     return True
+
+
+def running(info: BrokerInfo) -> bool:
+    """Whether the broker's process is still there (cheap: no client call)."""
+    return _alive(info.pid)
 
 
 def _reap(pid: int) -> None:

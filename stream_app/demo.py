@@ -1,13 +1,14 @@
 """`stream-app demo`: a broker, a worker and a storefront simulator, with outputs printed live.
 
 Side effects: starts three child processes (broker, worker, simulator) and stops all of them on
-Ctrl-C, on SIGTERM, or when any of them dies.
+Ctrl-C, SIGTERM, SIGHUP (the terminal closed), or when any of them dies, then says where the
+logs are. If the demo itself is killed (SIGKILL) the kernel stops its children (processes.py):
+nothing keeps running, or spinning, after the demo is gone.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,15 +18,21 @@ from typing import Any
 
 import orjson
 
-from . import broker
+from . import broker, processes
 from .admin import ensure_topics, topic_specs
 from .config import Settings
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "stream_app.cli", *args], env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return processes.spawn([sys.executable, "-m", "stream_app.cli", *args], log, env)
+
+
+def _say(text: str) -> None:
+    """User-facing output that survives a closed terminal (SIGHUP: writes fail with EIO)."""
+    try:
+        print(text, flush=True)
+    except OSError:
+        pass
 
 
 def _format(topic: str, settings: Settings, value: bytes, headers: Any) -> str:
@@ -55,62 +62,57 @@ def run_demo(rate: float = 20.0, users: int = 50, show: tuple[str, ...] | None =
     work = Path(tempfile.mkdtemp(prefix="clickstream-demo-"))
     kafka_dir = work / "kafka"
     model_dir = model_dir or Path("var/models")
-    if current_version(model_dir) is None:
-        print(f"no model in {model_dir}: training a quick one on simulated traffic (about a minute)...")
-        rc = subprocess.call([sys.executable, "-m", "stream_app.cli", "train", "--source", "simulate",
-                              "--quick", "--out", str(model_dir)])
-        if rc != 0:
-            return rc
-    print(f"starting Kafka {broker.KAFKA_VERSION} (first run resolves the jars with Maven)...")
-    info = broker.up(kafka_dir, port=broker.free_port())
-    settings = Settings.from_env().with_(bootstrap=info.bootstrap)
-    ensure_topics(settings.bootstrap, topic_specs(settings))
-    web_port = broker.free_port()
-    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=info.bootstrap, PYTHONUNBUFFERED="1")
-    children = [
-        _spawn(["worker", "--data-dir", str(work / "worker"), "--web-port", str(web_port),
-                "--model-dir", str(model_dir)], env, work / "worker.log"),
-        _spawn(["simulate", "--users", str(users), "--events", "100000000", "--rate", str(rate),
-                "--invalid-rate", "0.02"], env, work / "simulator.log"),
-    ]
-    print(f"broker {info.bootstrap}; worker metrics http://127.0.0.1:{web_port}/metrics; "
-          f"logs in {work}\nCtrl-C stops everything.\n")
-    t = settings.topics
-    topics = list(show or (t.next_action, t.churn, t.dead_letters))
-    consumer = KafkaConsumer(*topics, bootstrap_servers=info.bootstrap, auto_offset_reset="latest",
-                             group_id=None, consumer_timeout_ms=500)
-    stop = False
-
-    def _stop(*_: Any) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)  # also when started from a shell that ignored SIGINT
+    stopping: list[int] = []  # the signal that asked us to stop
+    processes.on_signals(stopping.append)  # from here on, Ctrl-C/SIGTERM/SIGHUP end in the cleanup
+    children: list[subprocess.Popen] = []
+    consumer = None
     try:
-        while not stop:
+        if current_version(model_dir) is None:
+            _say(f"no model in {model_dir}: training a quick one on simulated traffic (about a minute)...")
+            train = processes.spawn([sys.executable, "-m", "stream_app.cli", "train", "--source",
+                                     "simulate", "--quick", "--out", str(model_dir)], work / "train.log")
+            children.append(train)
+            while train.poll() is None and not stopping:
+                time.sleep(0.2)
+            if stopping or train.returncode != 0:
+                _say(f"training stopped (see {work / 'train.log'})")
+                return 1
+            children.remove(train)
+        _say(f"starting Kafka {broker.KAFKA_VERSION} (first run resolves the jars with Maven)...")
+        info = broker.up(kafka_dir, port=broker.free_port(), die_with_parent=True)
+        settings = Settings.from_env().with_(bootstrap=info.bootstrap)
+        ensure_topics(settings.bootstrap, topic_specs(settings), settings.kafka_client_kwargs())
+        web_port = broker.free_port()
+        env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=info.bootstrap, PYTHONUNBUFFERED="1")
+        children += [
+            _spawn(["worker", "--data-dir", str(work / "worker"), "--web-port", str(web_port),
+                    "--model-dir", str(model_dir)], env, work / "worker.log"),
+            _spawn(["simulate", "--users", str(users), "--events", "100000000", "--rate", str(rate),
+                    "--invalid-rate", "0.02"], env, work / "simulator.log"),
+        ]
+        _say(f"broker {info.bootstrap}; worker metrics http://127.0.0.1:{web_port}/metrics; "
+             f"logs in {work}\nCtrl-C stops everything.\n")
+        t = settings.topics
+        topics = list(show or (t.next_action, t.churn, t.dead_letters))
+        consumer = KafkaConsumer(*topics, bootstrap_servers=info.bootstrap, auto_offset_reset="latest",
+                                 group_id=None, consumer_timeout_ms=500, **settings.kafka_client_kwargs())
+        while not stopping:
             for batch in consumer.poll(timeout_ms=500).values():
                 for rec in batch:
-                    print(_format(rec.topic, settings, rec.value, rec.headers), flush=True)
+                    _say(_format(rec.topic, settings, rec.value, rec.headers))
             dead = [c for c in children if c.poll() is not None]
             if dead:
-                print(f"a child process exited ({dead[0].args!r}); see logs in {work}")
+                _say(f"a child process exited ({dead[0].args!r}); see the logs in {work}")
                 return 1
-    except KeyboardInterrupt:
-        pass
+            if not broker.running(info):
+                _say(f"the broker stopped; see {kafka_dir / 'server.log'}")
+                return 1
+        return 0
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not abort the cleanup
-        print("\nstopping simulator, worker and broker...")
-        consumer.close()
-        for c in children:
-            if c.poll() is None:
-                c.send_signal(signal.SIGTERM)
-        for c in children:
-            try:
-                c.wait(30)
-            except subprocess.TimeoutExpired:
-                c.kill()
+        processes.on_signals(lambda _s: None)  # a second Ctrl-C must not abort the cleanup
+        _say("\nstopping simulator, worker and broker...")
+        if consumer is not None:
+            consumer.close()
+        processes.stop(children[::-1])  # the simulator first, then the worker
         broker.down(kafka_dir)
-        time.sleep(0.1)
-        print("all stopped.")
-    return 0
+        _say(f"all stopped. Logs: {work} (worker.log, simulator.log, kafka/server.log)")
