@@ -367,7 +367,8 @@ def _announce(args: argparse.Namespace, reg: Path, version: str | None, reason: 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(rate=args.rate, users=args.users, model_dir=Path(args.model_dir))
+    return run_demo(rate=args.rate, users=args.users, model_dir=Path(args.model_dir),
+                    replay=Path(args.replay) if args.replay else None, speed=args.speed)
 
 
 def _speed(v: str) -> str:
@@ -461,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--users", type=int, default=50)
     dm.add_argument("--model-dir", default="var/models",
                     help="model registry; a quick model is trained there if it is empty")
+    dm.add_argument("--replay", metavar="PATH",
+                    help="real traffic instead of the simulator: a Taobao CSV or schema-v1 JSON lines")
+    dm.add_argument("--speed", default="10", type=_speed, help="with --replay: pace multiple or 'max'")
     dm.set_defaults(func=cmd_demo)
     rt = sub.add_parser("retrain", help="retrain worker: challenger vs champion on the recent stream")
     service_args(rt)

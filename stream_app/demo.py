@@ -54,7 +54,8 @@ def _format(topic: str, settings: Settings, value: bytes, headers: Any) -> str:
 
 
 def run_demo(rate: float = 20.0, users: int = 50, show: tuple[str, ...] | None = None,
-             model_dir: Path | None = None) -> int:
+             model_dir: Path | None = None, replay: Path | None = None, speed: str = "10") -> int:
+    """`replay`: a real log (stream_app/replay.py) instead of the simulator, at `speed`."""
     from kafka import KafkaConsumer
 
     from models.checkpoint import current_version
@@ -87,9 +88,11 @@ def run_demo(rate: float = 20.0, users: int = 50, show: tuple[str, ...] | None =
         children += [
             _spawn(["worker", "--data-dir", str(work / "worker"), "--web-port", str(web_port),
                     "--model-dir", str(model_dir)], env, work / "worker.log"),
+            _spawn(["replay", str(replay), "--speed", speed], env, work / "replay.log") if replay else
             _spawn(["simulate", "--users", str(users), "--events", "100000000", "--rate", str(rate),
                     "--invalid-rate", "0.02"], env, work / "simulator.log"),
         ]
+        source = children[-1]
         _say(f"broker {info.bootstrap}; worker metrics http://127.0.0.1:{web_port}/metrics; "
              f"logs in {work}\nCtrl-C stops everything.\n")
         t = settings.topics
@@ -101,6 +104,10 @@ def run_demo(rate: float = 20.0, users: int = 50, show: tuple[str, ...] | None =
                 for rec in batch:
                     _say(_format(rec.topic, settings, rec.value, rec.headers))
             dead = [c for c in children if c.poll() is not None]
+            if replay and dead == [source] and source.returncode == 0:
+                children.remove(source)  # the log is all sent: keep showing what the worker does
+                _say(f"replay of {replay} finished; Ctrl-C stops the worker and the broker")
+                continue
             if dead:
                 _say(f"a child process exited ({dead[0].args!r}); see the logs in {work}")
                 return 1
@@ -115,4 +122,5 @@ def run_demo(rate: float = 20.0, users: int = 50, show: tuple[str, ...] | None =
             consumer.close()
         processes.stop(children[::-1])  # the simulator first, then the worker
         broker.down(kafka_dir)
-        _say(f"all stopped. Logs: {work} (worker.log, simulator.log, kafka/server.log)")
+        _say(f"all stopped. Logs: {work} (worker.log, {'replay' if replay else 'simulator'}.log, "
+             "kafka/server.log)")

@@ -1,5 +1,6 @@
 """`stream-app demo` leaves nothing behind: killed (SIGKILL), hung up on (SIGHUP: its terminal
-closed) or interrupted (Ctrl-C), its broker, worker and simulator are gone soon after."""
+closed) or interrupted (Ctrl-C), its broker, worker and simulator are gone soon after. And it
+runs on replayed real traffic (`--replay`) instead of the simulator."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from stream_app.broker import _alive
+from stream_app.sources import SHARED
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +40,13 @@ def _cmdline(pid: int) -> str:
         return "?"
 
 
-def _start_demo(tmp_path: Path, registry: Path) -> tuple[subprocess.Popen, Path, set[int]]:
+def _start_demo(tmp_path: Path, registry: Path, *extra: str) -> tuple[subprocess.Popen, Path, set[int]]:
     log = tmp_path / "demo.out"
     env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONUNBUFFERED="1")
     env.pop("CLICKSTREAM_NAMESPACE", None)
     with open(log, "wb") as out:
         demo = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "demo", "--model-dir", str(registry),
-                                 "--rate", "5", "--users", "5"], env=env, stdout=out,
+                                 "--rate", "5", "--users", "5", *extra], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -86,3 +88,22 @@ def test_demo_children_die_with_it(tmp_path, registry, sig):
     if sig != signal.SIGKILL:  # the orderly paths stop everything and say where the logs are
         assert demo.returncode == 0
         assert "all stopped. Logs:" in log.read_text()
+
+
+def test_demo_runs_on_replayed_real_traffic(tmp_path, registry):
+    lines = (SHARED / "taobao_slice" / "UserBehavior.csv").read_text().splitlines()[:300]
+    log_path = tmp_path / "UserBehavior.csv"
+    log_path.write_text("\n".join(lines) + "\n")
+    demo, out, kids = _start_demo(tmp_path, registry, "--replay", str(log_path), "--speed", "max")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (
+            "finished" in out.read_text() and "NEXT ACTION" in out.read_text()):
+        assert demo.poll() is None, out.read_text()[-3000:]
+        time.sleep(0.5)
+    text = out.read_text()
+    assert f"replay of {log_path} finished" in text and "NEXT ACTION" in text, text[-3000:]
+    assert any(f"user={line.split(',')[0]:<6}" in text for line in lines)  # Taobao users' predictions
+    demo.send_signal(signal.SIGINT)
+    assert demo.wait(90) == 0
+    assert not _wait_gone(kids)
+    assert "all stopped. Logs:" in out.read_text()
