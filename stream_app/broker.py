@@ -76,10 +76,15 @@ class BrokerInfo:
     controller_port: int
     data_dir: str
     sasl_port: int | None = None  # a SASL_PLAINTEXT (PLAIN) listener, when started with sasl_users
+    ssl_port: int | None = None  # a TLS listener, when started with ssl_pem
 
     @property
     def sasl_bootstrap(self) -> str | None:
         return f"127.0.0.1:{self.sasl_port}" if self.sasl_port else None
+
+    @property
+    def ssl_bootstrap(self) -> str | None:
+        return f"127.0.0.1:{self.ssl_port}" if self.ssl_port else None
 
     @property
     def bootstrap(self) -> str:
@@ -124,7 +129,8 @@ def sasl_properties(users: dict[str, str]) -> dict[str, str]:
 
 
 def server_properties(port: int, controller_port: int, log_dir: Path, sasl_port: int | None = None,
-                      sasl_users: dict[str, str] | None = None) -> str:
+                      sasl_users: dict[str, str] | None = None, ssl_port: int | None = None,
+                      ssl_pem: Path | None = None) -> str:
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -154,6 +160,14 @@ def server_properties(port: int, controller_port: int, log_dir: Path, sasl_port:
         props["advertised.listeners"] += extra
         props["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
         props |= sasl_properties(sasl_users or {})
+    if ssl_port is not None:
+        extra = f",SSL://127.0.0.1:{ssl_port}"
+        props["listeners"] += extra
+        props["advertised.listeners"] += extra
+        props["listener.security.protocol.map"] += ",SSL:SSL"
+        # one PEM file: the private key (unencrypted PKCS#8) followed by the certificate chain
+        props["listener.name.ssl.ssl.keystore.type"] = "PEM"
+        props["listener.name.ssl.ssl.keystore.location"] = str(ssl_pem)
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
 
@@ -199,10 +213,11 @@ def broker_responds(bootstrap: str, timeout_s: float = 5.0) -> bool:
 
 def up(data_dir: Path, port: int | None = None, timeout_s: float = 90.0,
        heap: str = "768m", sasl_users: dict[str, str] | None = None,
-       die_with_parent: bool = False) -> BrokerInfo:
+       die_with_parent: bool = False, ssl_pem: Path | None = None) -> BrokerInfo:
     """Start a broker with a fresh data dir and return once a client call succeeds.
     `sasl_users` (name -> password): also open a SASL_PLAINTEXT listener (PLAIN) on a free port
-    (`BrokerInfo.sasl_bootstrap`), next to the PLAINTEXT one. `die_with_parent`: the JVM gets
+    (`BrokerInfo.sasl_bootstrap`), next to the PLAINTEXT one; `ssl_pem` (key + certificate chain in
+    one PEM file): a TLS listener (`BrokerInfo.ssl_bootstrap`). `die_with_parent`: the JVM gets
     SIGTERM when the calling process dies, however it dies (the demo; processes.py)."""
     data_dir = data_dir.resolve()
     existing = _read_state(data_dir)
@@ -218,11 +233,13 @@ def up(data_dir: Path, port: int | None = None, timeout_s: float = 90.0,
         raise BrokerError(f"port {port} is already in use")
     controller_port = free_port()
     sasl_port = free_port() if sasl_users else None
+    ssl_port = free_port() if ssl_pem else None
     log_dir = data_dir / "kraft-logs"
     shutil.rmtree(log_dir, ignore_errors=True)  # always a fresh cluster
     data_dir.mkdir(parents=True, exist_ok=True)
     props = data_dir / "server.properties"
-    props.write_text(server_properties(port, controller_port, log_dir, sasl_port, sasl_users))
+    props.write_text(server_properties(port, controller_port, log_dir, sasl_port, sasl_users,
+                                       ssl_port, ssl_pem))
     cp = f"{libs}/*"
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     fmt = subprocess.run(
@@ -245,7 +262,7 @@ def up(data_dir: Path, port: int | None = None, timeout_s: float = 90.0,
         preexec_fn=processes.die_with_parent() if die_with_parent else None,
     )
     info = BrokerInfo(pid=proc.pid, port=port, controller_port=controller_port, data_dir=str(data_dir),
-                      sasl_port=sasl_port)
+                      sasl_port=sasl_port, ssl_port=ssl_port)
     (data_dir / STATE_FILE).write_text(json.dumps(info.__dict__))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -5,8 +5,9 @@ the broker cannot be reached or refuses us.
 Why: kafka-python reports a refused login or a stopped broker only as "Unable to bootstrap" after
 its timeout; the real reason (`SaslAuthenticationFailedError: Invalid username or password`) is
 only logged. `connect` keeps that reason for the error it raises, does not retry what retrying
-cannot fix (a wrong password), and sleeps with a growing backoff between attempts, so a tool
-against a stopped broker waits instead of spinning, then stops with a clear error.
+cannot fix (a wrong password, an untrusted certificate), and sleeps with a growing backoff
+between attempts, so a tool against a stopped broker waits instead of spinning, then stops with
+a clear error.
 
 Side effects: network connections; `time.sleep` between attempts.
 """
@@ -57,11 +58,18 @@ class _Reasons(logging.Handler):
             self.lines.append(msg)
 
     def best(self) -> str | None:
-        pick = [m for m in self.lines if "Authentication" in m] or self.lines
-        return pick[-1][-300:] if pick else None
+        """The most telling line: a refused login, then a TLS failure, then the last one."""
+        for words in (("Authentication",), ("CERTIFICATE", "SSL", "certificate"), ("",)):
+            pick = [m for m in self.lines if any(w in m for w in words)]
+            if pick:
+                return pick[-1][-300:]
+        return None
 
     def auth_failed(self) -> bool:
         return any("AuthenticationFailed" in m or "Authentication failed" in m for m in self.lines)
+
+    def tls_failed(self) -> bool:
+        return any("CERTIFICATE_VERIFY_FAILED" in m or "Handshake failed" in m for m in self.lines)
 
 
 def connect(factory: Callable[[], T], bootstrap: str, what: str, attempts: int = 3,
@@ -83,6 +91,10 @@ def connect(factory: Callable[[], T], bootstrap: str, what: str, attempts: int =
                 raise BrokerUnavailable(f"Kafka at {bootstrap} refused {what}: authentication failed "
                                         f"({reason}); check KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD "
                                         "and KAFKA_SASL_MECHANISM") from exc
+            if reasons.tls_failed():
+                raise BrokerUnavailable(f"TLS with Kafka at {bootstrap} failed for {what} ({reason}); "
+                                        "check KAFKA_SSL_CAFILE (the CA that signed the broker's "
+                                        "certificate) and that the certificate names this host") from exc
         finally:
             kafka_log.removeHandler(reasons)
         if attempt < attempts:

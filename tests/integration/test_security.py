@@ -1,6 +1,8 @@
-"""SASL against a real broker: a broker of this test's own (free ports) with a SASL_PLAINTEXT
-listener (PLAIN); the worker, admin, simulator and replay reach it through the settings read from
-the environment; wrong credentials end the command with a clear error instead of hanging."""
+"""SASL and TLS against a real broker: a broker of this module's own (free ports) with a
+SASL_PLAINTEXT listener (PLAIN) and a TLS listener (a throwaway CA and server certificate made
+with `openssl`); the worker, admin, simulator, replay and the storefront client reach it through
+the settings read from the environment; wrong credentials or an untrusted certificate end the
+command with a clear error instead of hanging."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pytest
 
 from stream_app import broker
 from stream_app.admin import ensure_topics, topic_specs
+from stream_app.client import StorefrontClient
 from stream_app.config import Settings
 from stream_app.kafka_clients import BrokerUnavailable
 from stream_app.replay import read_log, replay
@@ -27,11 +30,34 @@ pytestmark = pytest.mark.integration
 USER, PASSWORD = "storefront", "s3cret-pass"
 
 
+def _certificates(d: Path) -> tuple[Path, Path]:
+    """(CA certificate, server key + certificate PEM for 127.0.0.1), valid for two days."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=clickstream-test-ca")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=127.0.0.1")
+    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.crt", "-days", "2", "-extfile", "san.cnf")
+    pem = d / "server.pem"
+    pem.write_text((d / "server.key").read_text() + (d / "server.crt").read_text())
+    return d / "ca.pem", pem
+
+
 @pytest.fixture(scope="module")
-def sasl_broker():
+def certs(tmp_path_factory):
+    return _certificates(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def sasl_broker(certs):
     data_dir = Path(tempfile.mkdtemp(prefix="clickstream-sasl-kafka-"))
     try:
-        info = broker.up(data_dir, port=broker.free_port(), sasl_users={USER: PASSWORD, "admin": "adm1n"})
+        info = broker.up(data_dir, port=broker.free_port(), sasl_users={USER: PASSWORD, "admin": "adm1n"},
+                         ssl_pem=certs[1])
     except broker.BrokerError as e:
         pytest.fail(f"could not start a broker with a SASL listener: {e}")
     try:
@@ -100,3 +126,28 @@ def test_wrong_password_fails_clearly(sasl_broker, namespace, tmp_path, registry
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 1, (args, proc.stdout[-2000:], proc.stderr[-2000:])
         assert "authentication failed" in proc.stderr and "Invalid username or password" in proc.stderr
+
+
+def test_tls_listener_with_the_ca_from_the_environment(sasl_broker, certs, namespace, tmp_path, registry):
+    env = {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": str(certs[0])}
+    s = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": sasl_broker.ssl_bootstrap, **env}).with_(
+        namespace=namespace, partitions=2)
+    assert s.kafka_client_kwargs()["ssl_context"].check_hostname
+    ensure_topics(s.bootstrap, topic_specs(s), s.kafka_client_kwargs())
+    events = [{"event_id": f"t{i}", "user_id": f"tls{i % 3}", "ts": 1_767_225_600.0 + i,
+               "action": "view", "item_id": f"i{i}"} for i in range(12)]
+    with StorefrontClient(s) as client:
+        assert client.send_batch(events) == []
+        assert client.flush().delivered == 12
+    worker = start_worker(sasl_broker.ssl_bootstrap, namespace, tmp_path,
+                          env={**env, "CLICKSTREAM_PARTITIONS": "2"},
+                          extra_args=["--model-dir", str(registry), "--device", "cpu"])
+    try:
+        preds = read_topic(sasl_broker.bootstrap, s.topics.churn, 12, timeout=120,
+                           distinct=lambda r: orjson.loads(r.value)["event_id"])
+        assert {orjson.loads(r.value)["event_id"] for r in preds} == {e["event_id"] for e in events}
+    finally:
+        worker.stop()
+    untrusted = s.with_(ssl_cafile="")  # the system's CAs do not know the test CA
+    with pytest.raises(BrokerUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+        ensure_topics(untrusted.bootstrap, topic_specs(untrusted), untrusted.kafka_client_kwargs())
