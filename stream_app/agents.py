@@ -31,6 +31,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -243,11 +244,60 @@ def _header_list(headers: Any) -> list[tuple[str, bytes]]:
 
 # --- delivery: sends, awaits, local state, acks -----------------------------------------------
 
+def _stop(exc: BaseException) -> None:
+    log.critical("infrastructure fault; stopping without acknowledging the batch (its events "
+                 "are redelivered after the restart): %r", exc, exc_info=exc)
+    logging.shutdown()
+    os._exit(EXIT_INFRA)
+
+
+class PendingRows:
+    """State rows of batches whose delivery has not finished, in front of the table.
+
+    A batch is scored while the previous one's changelog is still on its way to the broker, so
+    reads must see that batch's rows before they reach the local store. Holds at most
+    `max_in_flight` batches of rows; `row in pending` tells the idle sweep to leave a row alone."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self.rows: dict[tuple[int, bytes], tuple[int, bytes | None]] = {}  # -> (batch seq, value)
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        hit = self.rows.get((partition, key))
+        return hit[1] if hit is not None else self.table.get(partition, key)
+
+    def other_partitions_with(self, partition: int, key: bytes) -> list[int]:
+        return self.table.other_partitions_with(partition, key)
+
+    def hold(self, seq: int, rows: dict[int, dict[bytes, bytes | None]]) -> None:
+        for p, kv in rows.items():
+            for k, v in kv.items():
+                self.rows[(p, k)] = (seq, v)
+
+    def release(self, seq: int, rows: dict[int, dict[bytes, bytes | None]]) -> None:
+        """Forget a stored batch's rows, except those a later batch has replaced meanwhile."""
+        for p, kv in rows.items():
+            for k in kv:
+                hit = self.rows.get((p, k))
+                if hit is not None and hit[0] == seq:
+                    del self.rows[(p, k)]
+
+    def __contains__(self, row: object) -> bool:
+        if not isinstance(row, tuple):
+            return False
+        p, user = row
+        return (p, user.encode() if isinstance(user, str) else user) in self.rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
 class Delivery:
     """Runs one batch through the pipeline and makes its effects durable in the safe order."""
 
     def __init__(self, *, app: Any, pipeline: EventPipeline, table: Any, ledger: OffsetLedger,
-                 metrics: Metrics, bootstrap: str, client_kwargs: dict[str, Any] | None = None) -> None:
+                 metrics: Metrics, bootstrap: str, client_kwargs: dict[str, Any] | None = None,
+                 pending: PendingRows | None = None, max_in_flight: int = 2) -> None:
         self.app = app
         self.pipeline = pipeline
         self.table = table
@@ -255,7 +305,15 @@ class Delivery:
         self.metrics = metrics
         self.bootstrap = bootstrap
         self.client_kwargs = client_kwargs or {}  # security settings for our own consumer
-        self.in_flight: set[Row] = set()  # rows computed but not yet written locally (the sweep skips them)
+        self.max_in_flight = max_in_flight
+        # rows computed but not yet stored: the pipeline reads through them, the sweep skips them
+        self.in_flight = pending if pending is not None else PendingRows(table)
+        if pipeline.table is not self.in_flight:
+            raise ValueError("the pipeline must read state through the delivery's PendingRows")
+        self._tails: deque[asyncio.Task[None]] = deque()  # batches whose delivery is finishing
+        self._seq = 0
+        self._stage = {s: metrics.stage_seconds.labels(s) for s in ("process", "publish", "changelog",
+                                                                    "ack")}
 
     def reset(self) -> None:
         """A rebalance: positions start again from the committed offsets."""
@@ -265,12 +323,14 @@ class Delivery:
         try:
             admitted = await self._admit(stream, events)
             if admitted:
-                await self._deliver(stream, admitted)
+                await self._start(stream, admitted)
         except Exception as exc:  # noqa: BLE001 - an infrastructure fault: stop, unacknowledged
-            log.critical("infrastructure fault; stopping without acknowledging the batch (its events "
-                         "are redelivered after the restart): %r", exc, exc_info=True)
-            logging.shutdown()
-            os._exit(EXIT_INFRA)
+            _stop(exc)
+
+    async def drain(self) -> None:
+        """Wait until every batch handed over so far is delivered and acknowledged."""
+        while self._tails:
+            await self._tails.popleft()
 
     async def _admit(self, stream: Any, events: Sequence[Any]) -> list[Admitted]:
         """Check each event's offset follows its partition's previous one; returns (message,
@@ -312,34 +372,60 @@ class Delivery:
                         hole.expected, hole.got - 1)
         return filled
 
-    async def _deliver(self, stream: Any, admitted: list[Admitted]) -> None:
+    async def _start(self, stream: Any, admitted: list[Admitted]) -> None:
+        """Score the batch and hand its outputs to the producer; the rest of its delivery runs in
+        the background, so the agent takes the next batch in while the broker acknowledges this
+        one. At most `max_in_flight` batches are being delivered at a time."""
+        while len(self._tails) >= self.max_in_flight:
+            await self._tails.popleft()
+        t0 = time.perf_counter()
         out = self.pipeline.process([msg for msg, _, _ in admitted])
-        self.in_flight = set(out.rows)
+        self._seq += 1
+        rows: dict[int, dict[bytes, bytes | None]] = {}
+        for (p, u), v in out.rows.items():
+            rows.setdefault(p, {})[u.encode()] = v
+        self.in_flight.hold(self._seq, rows)  # the next batch reads these before they are stored
+        t1 = time.perf_counter()
+        sent = [await self._send(m) for m in out.messages]
+        self._stage["process"].inc(t1 - t0)
+        self._stage["publish"].inc(time.perf_counter() - t1)
+        previous = self._tails[-1] if self._tails else None
+        self._tails.append(asyncio.get_running_loop().create_task(
+            self._finish(stream, admitted, out.messages, sent, rows, self._seq, previous)))
+
+    async def _finish(self, stream: Any, admitted: list[Admitted], messages: list[OutMessage],
+                      sent: list[Any], rows: dict[int, dict[bytes, bytes | None]], seq: int,
+                      previous: asyncio.Task[None] | None) -> None:
+        """Steps 1-4 of the module docstring for one batch, after the previous batch's."""
         try:
-            await _all_delivered([await self._send(m) for m in out.messages])
-            for m in out.messages:
+            await _all_delivered(sent)  # 1. predictions and dead letters are on the broker
+            for m in messages:
                 self.metrics.messages_produced.labels(m.topic).inc()
-            by_partition: dict[int, dict[bytes, bytes | None]] = {}
-            for (p, u), v in out.rows.items():
-                by_partition.setdefault(p, {})[u.encode()] = v
-            stored = await _all_delivered([await self.table.send(p, k, v)
-                                           for p, rows in by_partition.items() for k, v in rows.items()])
+            if previous is not None:  # the changelog, the local store and the acks go in batch order
+                await previous
+            t0 = time.perf_counter()
+            stored = await _all_delivered([await self.table.send(p, k, v)  # 2. the changelog
+                                           for p, kv in rows.items() for k, v in kv.items()])
+            t1 = time.perf_counter()
             last: dict[int, int] = {}
             for meta in stored:
                 last[meta.partition] = max(last.get(meta.partition, -1), meta.offset)
-            for p, rows in by_partition.items():
-                self.table.put_local(p, rows, last.get(p))
-        finally:
-            self.in_flight = set()
-        now = time.time()
-        lat = self.metrics.latency
-        for msg, gen, ev in admitted:
-            if ev is not None:  # a record re-read from the broker has no Faust event to ack
-                await stream.ack(ev)
-            self.ledger.done(msg.tp, msg.offset, gen)
-            if msg.timestamp:
-                lat.observe(max(now - msg.timestamp, 0.0))
-
+            for p, kv in rows.items():
+                self.table.put_local(p, kv, last.get(p))  # 3. the local copy
+            self.in_flight.release(seq, rows)
+            now = time.time()
+            lat = self.metrics.latency
+            for msg, gen, ev in admitted:  # 4. the acks, in offset order
+                if ev is not None:  # a record re-read from the broker has no Faust event to ack
+                    await stream.ack(ev)
+                self.ledger.done(msg.tp, msg.offset, gen)
+                if msg.timestamp:
+                    lat.observe(max(now - msg.timestamp, 0.0))
+            t2 = time.perf_counter()
+            self._stage["changelog"].inc(t1 - t0)
+            self._stage["ack"].inc(t2 - t1)
+        except Exception as exc:  # noqa: BLE001 - an infrastructure fault: stop, unacknowledged
+            _stop(exc)
 
     async def _send(self, m: OutMessage) -> Any:
         """Hand one message to the producer (Faust's aiokafka producer, without Faust's buffer, so a

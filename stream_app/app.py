@@ -12,7 +12,8 @@ import faust
 from aiohttp import web as aioweb
 
 from . import __version__, pseudonymisation
-from .agents import Delivery, EventPipeline, IdleSweep
+from .agents import Delivery, EventPipeline, IdleSweep, PendingRows
+from .batching import batches
 from .config import Settings
 from .health import Health, agent_status, input_positions
 from .instruments import Metrics
@@ -77,8 +78,9 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
     # events that made it; StateTable names that partition explicitly
     table = StateTable(app.Table(STATE_TABLE, key_type=bytes, value_type=bytes,
                                  partitions=settings.partitions))
+    pending = PendingRows(table)  # rows of batches still being delivered, in front of the table
     pipeline = EventPipeline(
-        metrics=metrics, predictor=predictor, table=table,
+        metrics=metrics, predictor=predictor, table=pending,
         limits=StateLimits(settings.window_events, settings.window_seconds),
         dead_letters=t.dead_letters, next_action=t.next_action, churn=t.churn,
         valid_events=t.valid_events if settings.emit_valid_events else None,
@@ -86,14 +88,17 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
         pseudonymise=pseudonymisation.from_key(settings.pseudonym_key),
     )
     delivery = Delivery(app=app, pipeline=pipeline, table=table, ledger=app.ledger, metrics=metrics,
-                        bootstrap=settings.bootstrap, client_kwargs=settings.kafka_client_kwargs())
+                        bootstrap=settings.bootstrap, client_kwargs=settings.kafka_client_kwargs(),
+                        pending=pending)
     events = _raw_topic(app, t.events, settings.partitions)
     metrics.info.labels(settings.app_id, __version__).set(1)
     metrics.set_model(predictor.version, str(predictor.device))
 
     async def process(stream: Any) -> None:
-        # noack: events are acknowledged by Delivery only after their outputs are on the broker
-        async for batch in stream.noack().noack_take(settings.batch_max, within=settings.batch_within_s):
+        # events are acknowledged by Delivery only after their outputs are on the broker;
+        # batches follow the load (batching.py): small when idle, full when behind
+        async for batch in batches(stream, max_events=settings.batch_max,
+                                   max_wait_s=settings.batch_within_s, idle_s=settings.batch_idle_s):
             await delivery.run(stream, batch)
 
     # concurrency 1: higher concurrency can commit past an in-flight message (Faust #606)

@@ -27,7 +27,8 @@ class Settings:
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     batch_max: int = 512  # events per micro-batch
-    batch_within_s: float = 0.02  # longest wait to fill a batch: bounds latency at low load
+    batch_within_s: float = 0.02  # longest a batch's first event waits for more to arrive
+    batch_idle_s: float = 0.002  # a batch closes once no event has arrived for this long
     producer_linger_ms: int = 2  # lets the producer pack a batch's sends into fewer requests
     emit_valid_events: bool = False  # also publish normalised events (for retraining consumers)
     model_dir: Path = Path("var/models")  # model registry (stream-app train --out)
@@ -158,6 +159,7 @@ class Settings:
             web_port=int(e.get("CLICKSTREAM_WEB_PORT", d.web_port)),
             batch_max=int(e.get("CLICKSTREAM_BATCH_MAX", d.batch_max)),
             batch_within_s=float(e.get("CLICKSTREAM_BATCH_WITHIN_S", d.batch_within_s)),
+            batch_idle_s=float(e.get("CLICKSTREAM_BATCH_IDLE_S", d.batch_idle_s)),
             producer_linger_ms=int(e.get("CLICKSTREAM_PRODUCER_LINGER_MS", d.producer_linger_ms)),
             emit_valid_events=e.get("CLICKSTREAM_EMIT_VALID", "0") not in ("0", "false", "no"),
             model_dir=Path(e.get("CLICKSTREAM_MODEL_DIR", str(d.model_dir))),

@@ -55,6 +55,11 @@ class Metrics:
         self.batch_seconds = Histogram(
             "clickstream_batch_processing_seconds", "Wall time to process one micro-batch",
             buckets=LATENCY_BUCKETS, registry=r)
+        self.stage_seconds = Counter(
+            "clickstream_stage_seconds_total",
+            "Time the agent spent per stage (process: parse, state, scoring, encoding; publish: "
+            "handing outputs to the producer; changelog: state rows to the broker and awaited; "
+            "ack: acknowledgements)", ["stage"], registry=r)
         self.step_seconds = Histogram(
             "clickstream_gru_step_seconds", "Scoring time of one micro-batch (all its waves)",
             buckets=LATENCY_BUCKETS, registry=r)
