@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install prometheus test unit demo lint typecheck bench clean
+.PHONY: install prometheus test unit demo lint typecheck bench clean gpu-check
 
 install: $(STAMP)
 
@@ -30,6 +30,12 @@ unit: install prometheus
 
 demo: install
 	$(VENV)/bin/stream-app demo
+
+# Every GPU check in one command (needs an NVIDIA GPU; says so and exits 2 without one): the CUDA
+# tests, the GRU step on CUDA (1M-user device table, CUDA graphs), the scoring path with the device
+# hidden cache; writes benchmarks/results/gru_step_cuda.json with each goal and whether it is met.
+gpu-check: install
+	$(PY) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

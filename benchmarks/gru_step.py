@@ -1,8 +1,11 @@
 """The inference engine alone: one GRU step per event plus the action and churn heads, with each
 user's hidden state gathered from and scattered back to a device-resident table of users.
 
-1. events/s by batch size, fp32 and bf16, on CPU and (when present) CUDA;
+1. events/s by batch size, fp32 and bf16, on CPU and (when present) CUDA, where each step is also
+   captured once as a CUDA graph and replayed (mode "cuda_graph": no per-kernel launch cost);
 2. incremental step vs re-running the whole window, as the history grows from 10 to 1,000.
+
+`make gpu-check` (benchmarks/gpu_check.py) reuses these functions for the CUDA goals.
 
     python -m benchmarks.gru_step [--quick] --json benchmarks/results/gru_step.json
 """
@@ -37,7 +40,8 @@ def _sync(device: torch.device) -> None:
 
 
 def timed(fn: Any, device: torch.device, min_s: float) -> float:
-    """Seconds per call (median of repeated timing windows)."""
+    """Seconds per call: the mean over calls for at least `min_s`, each call synchronised with
+    the device before the next starts (so on CUDA it is the latency of one call, not a queue)."""
     fn()
     _sync(device)
     n, t = 0, 0.0
@@ -58,7 +62,7 @@ def by_batch(model: ClickstreamGRU, device: torch.device, dtype: torch.dtype, us
     rows = []
     for B in batches:
         x = random_events(B, None, cfg, device)
-        idx = torch.randint(0, users, (B,), device=device)
+        idx = torch.randperm(users, device=device)[:B]  # distinct users, as in one scored batch
 
         def step(x: Events = x, idx: torch.Tensor = idx) -> None:
             h = table.index_select(1, idx)  # gather
@@ -70,7 +74,52 @@ def by_batch(model: ClickstreamGRU, device: torch.device, dtype: torch.dtype, us
 
         s = timed(step, device, min_s)
         rows.append({"device": device.type, "dtype": str(dtype).replace("torch.", ""), "batch": B,
-                     "seconds_per_step": s, "events_per_s": B / s, "users_in_table": users})
+                     "mode": "eager", "seconds_per_step": s, "events_per_s": B / s,
+                     "users_in_table": users})
+    return rows
+
+
+@torch.no_grad()
+def by_batch_graph(model: ClickstreamGRU, device: torch.device, dtype: torch.dtype, users: int,
+                   batches: list[int], min_s: float) -> list[dict[str, Any]]:
+    """The same step as `by_batch` (gather, GRU step, action and churn heads, scatter), captured
+    once per batch size as a CUDA graph and replayed. A row whose capture fails carries the error
+    instead of a timing."""
+    if device.type != "cuda":
+        raise ValueError(f"CUDA graphs need a CUDA device, not {device}")
+    cfg = model.cfg
+    table = torch.zeros(cfg.layers, users, cfg.hidden, device=device, dtype=dtype)
+    rows: list[dict[str, Any]] = []
+    for B in batches:
+        x = random_events(B, None, cfg, device)  # static inputs: a real server copies into them
+        idx = torch.randperm(users, device=device)[:B]
+
+        def body(x: Events = x, idx: torch.Tensor = idx) -> None:
+            h = table.index_select(1, idx)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32,
+                                cache_enabled=False):
+                out, _, h_new = model.step(x, h)
+                torch.softmax(out.action_logits, -1)
+                torch.sigmoid(out.churn_logit)
+            table.index_copy_(1, idx, h_new.to(dtype))
+
+        row: dict[str, Any] = {"device": device.type, "dtype": str(dtype).replace("torch.", ""),
+                               "batch": B, "mode": "cuda_graph", "users_in_table": users}
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside the capture (cuDNN picks its kernels)
+                for _ in range(3):
+                    body()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                body()
+            s = timed(graph.replay, device, min_s)
+            row.update(seconds_per_step=s, events_per_s=B / s)
+        except RuntimeError as e:  # capture refused (an op that syncs with the host, a driver limit)
+            row["error"] = f"{type(e).__name__}: {e}"[:500]
+        rows.append(row)
     return rows
 
 
@@ -111,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
             sizes = sizes[:4]
         for dtype in (torch.float32, torch.bfloat16):
             results["by_batch"] += by_batch(model, dev, dtype, users, sizes, min_s)
+            if dev.type == "cuda":
+                results["by_batch"] += by_batch_graph(model, dev, dtype, users, sizes, min_s)
         lengths = [10, 100, 1000] if not args.quick else [10, 100]
         results["history"] += [{"device": dev.type, **r} for r in
                                history(model, dev, lengths, 64 if dev.type == "cpu" else 1024, min_s)]
@@ -125,8 +176,9 @@ def main(argv: list[str] | None = None) -> None:
         "cuda_measured": torch.cuda.is_available(),
     })
     for r in results["by_batch"]:
-        eps = r["events_per_s"]
-        print(f"{r['device']} {r['dtype']:>8} batch {r['batch']:>6}: {eps:>12,.0f} events/s")
+        eps = r.get("events_per_s")
+        shown = f"{eps:>12,.0f} events/s" if eps is not None else f"failed: {r.get('error')}"
+        print(f"{r['device']} {r['dtype']:>8} {r['mode']:>10} batch {r['batch']:>6}: {shown}")
     for r in results["history"]:
         print(f"{r['device']} history {r['history']:>5}: step {r['step_us']:.1f} us, "
               f"rerun {r['rerun_us']:.1f} us")
