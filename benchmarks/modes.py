@@ -1,6 +1,8 @@
 """The processes `benchmarks.throughput` compares, each run alone in its own process:
 
 - raw: a plain aiokafka loop: fetch a batch, parse each event, produce one message per event;
+- faust_consume: a Faust agent that only iterates its stream (what Faust costs before any output;
+  it writes one progress message per `PROGRESS_EVERY` events so the harness can count);
 - faust_passthrough: a Faust agent that forwards each event (Faust's own per-event floor);
 - naive: the obvious design: per event, read the user's window from the table, append, write it
   back, run the whole window through the GRU, await two sends;
@@ -76,6 +78,29 @@ def run_faust_passthrough(args: argparse.Namespace) -> None:
     faust.Worker(app, loglevel="warning", override_logging=False).execute_from_commandline()
 
 
+PROGRESS_EVERY = 100
+
+
+def run_faust_consume(args: argparse.Namespace) -> None:
+    import faust
+
+    app = faust_app(args)
+    src = app.topic(args.input, key_type=bytes, value_type=bytes, key_serializer="raw",
+                    value_serializer="raw")
+    out = app.topic(args.output, key_type=bytes, value_type=bytes, key_serializer="raw",
+                    value_serializer="raw")
+
+    async def consume(stream: Any) -> None:
+        n = 0
+        async for _ in stream.events():
+            n += 1
+            if n % PROGRESS_EVERY == 0:
+                await out.send(key=None, value=b"%d" % n)
+
+    app.agent(src, name="bench.consume")(consume)
+    faust.Worker(app, loglevel="warning", override_logging=False).execute_from_commandline()
+
+
 def run_naive(args: argparse.Namespace) -> None:
     import faust
     import torch
@@ -124,7 +149,7 @@ def run_naive(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("mode", choices=["raw", "faust_passthrough", "naive"])
+    ap.add_argument("mode", choices=["raw", "faust_consume", "faust_passthrough", "naive"])
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--input", required=True)
     ap.add_argument("--output", required=True)
@@ -137,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = [sys.argv[0], "worker"]  # Faust's Worker parses argv
     if args.mode == "raw":
         asyncio.run(run_raw(args))
+    elif args.mode == "faust_consume":
+        run_faust_consume(args)
     elif args.mode == "faust_passthrough":
         run_faust_passthrough(args)
     else:

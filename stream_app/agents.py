@@ -116,6 +116,8 @@ class EventPipeline:
         self._m_accepted = m.events_consumed.labels("accepted")
         self._m_rejected = m.events_consumed.labels("rejected")
         self._m_replayed = m.events_consumed.labels("replayed")
+        self._stage = {s: m.stage_seconds.labels(s) for s in ("parse", "state_read", "scoring",
+                                                              "encode")}
 
     # --- entry point ------------------------------------------------------------------------
     def process(self, msgs: Sequence[Any]) -> BatchOutput:
@@ -136,6 +138,7 @@ class EventPipeline:
                 self._dead_letter(out, msg, err)
                 continue
             accepted.append((msg, e))
+        self._stage["parse"].inc(time.perf_counter() - t0)
         if accepted:
             self._score(accepted, out)
         self.metrics.batch_size.observe(len(msgs))
@@ -144,7 +147,9 @@ class EventPipeline:
 
     # --- scoring ----------------------------------------------------------------------------
     def _score(self, accepted: list[tuple[Any, Event]], out: BatchOutput) -> None:
+        t = time.perf_counter()
         states = self._read_states(accepted)
+        self._stage["state_read"].inc(time.perf_counter() - t)
         try:
             result = self._attempt(accepted, states)
         except DATA_ERRORS:
@@ -173,7 +178,9 @@ class EventPipeline:
         result = score_batch(self.predictor, [e for _, e in accepted], states, self.limits,
                              row_keys=[(m.partition, e.user_id) for m, e in accepted],
                              offsets=[m.offset for m, _ in accepted])
-        self.metrics.step_seconds.observe(time.perf_counter() - t)
+        dt = time.perf_counter() - t
+        self.metrics.step_seconds.observe(dt)
+        self._stage["scoring"].inc(dt)
         return result
 
     def _read_states(self, accepted: list[tuple[Any, Event]]) -> dict[Hashable, UserState | None]:
@@ -201,6 +208,7 @@ class EventPipeline:
         # NewerStateFormat (a RuntimeError) propagates: an infrastructure fault, never overwritten
 
     def _emit(self, accepted: list[tuple[Any, Event]], result: BatchResult, out: BatchOutput) -> None:
+        t = time.perf_counter()
         now = self.clock()
         version = self.predictor.version
         horizon = self.predictor.model.cfg.churn_horizon_s
@@ -225,6 +233,7 @@ class EventPipeline:
         self.metrics.rebuilt_states.inc(result.stats["rebuilt"])
         if result.online is not None:  # applied events only: a replay is never scored twice
             self.metrics.add_online(evaluate(result.online, horizon))
+        self._stage["encode"].inc(time.perf_counter() - t)
 
     def _dead_letter(self, out: BatchOutput, msg: Any, err: InvalidEvent) -> None:
         headers = dead_letter_headers(err, msg.topic, msg.partition, msg.offset,
@@ -312,8 +321,7 @@ class Delivery:
             raise ValueError("the pipeline must read state through the delivery's PendingRows")
         self._tails: deque[asyncio.Task[None]] = deque()  # batches whose delivery is finishing
         self._seq = 0
-        self._stage = {s: metrics.stage_seconds.labels(s) for s in ("process", "publish", "changelog",
-                                                                    "ack")}
+        self._stage = {s: metrics.stage_seconds.labels(s) for s in ("publish", "changelog", "ack")}
 
     def reset(self) -> None:
         """A rebalance: positions start again from the committed offsets."""
@@ -378,7 +386,6 @@ class Delivery:
         one. At most `max_in_flight` batches are being delivered at a time."""
         while len(self._tails) >= self.max_in_flight:
             await self._tails.popleft()
-        t0 = time.perf_counter()
         out = self.pipeline.process([msg for msg, _, _ in admitted])
         self._seq += 1
         rows: dict[int, dict[bytes, bytes | None]] = {}
@@ -387,7 +394,6 @@ class Delivery:
         self.in_flight.hold(self._seq, rows)  # the next batch reads these before they are stored
         t1 = time.perf_counter()
         sent = [await self._send(m) for m in out.messages]
-        self._stage["process"].inc(t1 - t0)
         self._stage["publish"].inc(time.perf_counter() - t1)
         previous = self._tails[-1] if self._tails else None
         self._tails.append(asyncio.get_running_loop().create_task(

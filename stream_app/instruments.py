@@ -57,9 +57,10 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r)
         self.stage_seconds = Counter(
             "clickstream_stage_seconds_total",
-            "Time the agent spent per stage (process: parse, state, scoring, encoding; publish: "
-            "handing outputs to the producer; changelog: state rows to the broker and awaited; "
-            "ack: acknowledgements)", ["stage"], registry=r)
+            "Time the agent spent per stage: parse, state_read, scoring, encode (payloads, state "
+            "rows, online evaluation), publish (handing outputs to the producer), changelog (state "
+            "rows sent and awaited: mostly waiting, overlapped with the next batch), ack",
+            ["stage"], registry=r)
         self.step_seconds = Histogram(
             "clickstream_gru_step_seconds", "Scoring time of one micro-batch (all its waves)",
             buckets=LATENCY_BUCKETS, registry=r)
