@@ -13,7 +13,7 @@ from aiohttp import web as aioweb
 
 from . import __version__, pseudonymisation
 from .agents import Delivery, EventPipeline, IdleSweep, PendingRows
-from .batching import batches
+from .batching import batches, behind_broker
 from .config import Settings
 from .health import Health, agent_status, input_positions
 from .instruments import Metrics
@@ -98,7 +98,8 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
         # events are acknowledged by Delivery only after their outputs are on the broker;
         # batches follow the load (batching.py): small when idle, full when behind
         async for batch in batches(stream, max_events=settings.batch_max,
-                                   max_wait_s=settings.batch_within_s, idle_s=settings.batch_idle_s):
+                                   max_wait_s=settings.batch_within_s, idle_s=settings.batch_idle_s,
+                                   behind=behind_broker(app.consumer)):
             await delivery.run(stream, batch)
 
     # concurrency 1: higher concurrency can commit past an in-flight message (Faust #606)

@@ -4,14 +4,16 @@ Faust's `noack_take(n, within)` yields on a fixed tick (every `within` seconds, 
 events are in), and it stops taking events in while the agent works on a batch, so a worker
 waiting for the broker to acknowledge a batch's outputs takes nothing in meanwhile. Here:
 
-- a batch closes when it holds `max_events`; or when no event has arrived for `idle_s` (what the
-  consumer had fetched has been taken in: waiting longer only adds latency); or when its first
-  event has waited `max_wait_s` (a steady trickle still gets answered);
+- a batch closes when it holds `max_events`; or when no event has arrived for `idle_s` and the
+  broker holds nothing newer for these partitions (`behind` is false: waiting longer would only
+  add latency); or when its first event has waited `max_wait_s` (a steady trickle, or a worker
+  that is behind, still gets answered). A worker that is behind sees gaps between fetches too,
+  so the idle rule alone would cut its batches small just when it needs them large;
 - events keep flowing into the next batch while the agent works on the current one, up to
   `max_events` of them (then the intake waits for the agent: back-pressure).
 
-So an idle worker answers a lone event after `idle_s`, a busy one collects for up to `max_wait_s`,
-and one that is behind takes full batches without waiting. Nothing is acknowledged here
+So an idle worker answers a lone event after `idle_s`; a busy one collects for up to `max_wait_s`
+(or until full), amortising the per-batch cost of scoring and delivery. Nothing is acknowledged here
 (the agent acknowledges after delivery, agents.py).
 
 Uses the same two Stream hooks as Faust's own `noack_take` (faust/streams.py, 0.15.x):
@@ -23,14 +25,29 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
+
+Behind = Callable[[Mapping[Any, int]], bool]  # {tp: newest offset taken in} -> more on the broker?
+
+
+def behind_broker(consumer: Any) -> Behind:
+    """True when a partition's high-water mark (as of the last fetch) is past what was taken in."""
+    def behind(taken: Mapping[Any, int]) -> bool:
+        for tp, offset in taken.items():
+            hw = consumer.highwater(tp)
+            if hw is not None and hw > offset + 1:
+                return True
+        return False
+    return behind
 
 
 async def batches(stream: Any, *, max_events: int, max_wait_s: float, idle_s: float,
+                  behind: Behind | None = None,
                   clock: Callable[[], float] = time.monotonic) -> AsyncIterator[list[Any]]:
     """Yield lists of Faust events (not values) from `stream`, acks disabled."""
     buf: list[Any] = []
+    taken: dict[Any, int] = {}  # tp -> newest offset taken in
     first_at = last_at = 0.0
     nonempty = asyncio.Event()  # the buffer went from empty to holding an event
     full = asyncio.Event()  # the buffer holds max_events
@@ -50,6 +67,8 @@ async def batches(stream: Any, *, max_events: int, max_wait_s: float, idle_s: fl
             first_at = now
             nonempty.set()
         last_at = now
+        msg = event.message
+        taken[msg.tp] = msg.offset
         buf.append(event)
         if len(buf) >= max_events:
             full.set()
@@ -66,7 +85,9 @@ async def batches(stream: Any, *, max_events: int, max_wait_s: float, idle_s: fl
                 await stream.wait_for_stopped(nonempty)
                 continue
             if len(buf) < max_events:
-                due = min(first_at + max_wait_s, last_at + idle_s)
+                due = first_at + max_wait_s
+                if behind is None or not behind(taken):
+                    due = min(due, last_at + idle_s)
                 wait = due - clock()
                 if wait > 0:
                     full.clear()

@@ -11,6 +11,12 @@ from typing import Any
 from stream_app.batching import batches
 
 
+class Ev:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.message = type("Msg", (), {"tp": ("events", n % 2), "offset": n})()
+
+
 class FakeStream:
     """The Stream surface batches() uses: processors run by a passive drainer, current_event,
     wait/wait_for_stopped, enable_acks."""
@@ -40,7 +46,7 @@ class FakeStream:
     async def _drain(self) -> None:
         for pause, event in self.script:
             await asyncio.sleep(pause)
-            self.current_event = event
+            self.current_event = Ev(event)
             for fn in list(self._processors):
                 await fn(event)
             self.taken_in.append(event)
@@ -64,7 +70,7 @@ def collect(script: list[tuple[float, int]], hold_s: float = 0.0,
         n = len(script)
         async with aclosing(batches(stream, **kw)) as it:
             async for batch in it:
-                got.append(list(batch))
+                got.append([e.n for e in batch])
                 if hold_s:  # the agent works on the batch while events keep arriving
                     await asyncio.sleep(hold_s)
                     stream.seen_after_hold.append(len(stream.taken_in))
@@ -102,3 +108,18 @@ def test_events_keep_arriving_while_the_agent_works_and_the_intake_waits_when_fu
     assert got == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     # while batch 1 was held, 3, 4, 5 came in and 6 waited: never more than max_events buffered
     assert stream.seen_after_hold[:2] == [6, 9]
+
+
+def test_a_worker_that_is_behind_does_not_cut_batches_at_fetch_gaps():
+    # a 0.4 s pause between two events: a gap between fetches when the broker holds more
+    script = [(0.0, 0), (0.4, 1)]
+    calm, _ = collect(script, max_events=100, max_wait_s=2.0, idle_s=0.1)
+    seen: list[dict] = []
+
+    def behind(taken):
+        seen.append(dict(taken))
+        return True
+
+    busy, _ = collect(script, max_events=100, max_wait_s=2.0, idle_s=0.1, behind=behind)
+    assert calm == [[0], [1]] and busy == [[0, 1]]
+    assert seen and seen[-1] == {("events", 0): 0, ("events", 1): 1}  # newest offset per partition
