@@ -457,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--events", type=int, default=200_000, help="simulate: events")
     tr.set_defaults(func=cmd_train)
 
-    dm = sub.add_parser("demo", help="broker + worker + simulator, predictions printed live")
+    dm = sub.add_parser("demo", help="broker, worker, retrain worker and simulator in a live view")
     dm.add_argument("--rate", type=float, default=20.0, help="simulated events per second")
     dm.add_argument("--users", type=int, default=50)
     dm.add_argument("--model-dir", default="var/models",
