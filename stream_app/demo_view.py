@@ -13,7 +13,7 @@ import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -207,6 +207,7 @@ class DemoState:
     users_shown: int = 6
     history: deque[WorkerFigures] = field(default_factory=lambda: deque(maxlen=120))
     latest: OrderedDict[str, LatestPrediction] = field(default_factory=OrderedDict)
+    churn: OrderedDict[str, float] = field(default_factory=OrderedDict)
     happenings: deque[str] = field(default_factory=lambda: deque(maxlen=6))
     retrain: RetrainFigures | None = None
     noted: int = 0  # happenings so far (the deque keeps the newest)
@@ -245,10 +246,12 @@ class DemoState:
             self.latest.popitem(last=False)
 
     def add_churn(self, user_id: str, churn: float) -> None:
-        p = self.latest.get(user_id)
-        if p is not None:
-            self.latest[user_id] = LatestPrediction(p.user_id, p.after, p.next_action, p.p,
-                                                    p.top_items, p.model_version, churn)
+        """The latest churn probability of a user (it arrives on its own topic, before or after
+        the next-action prediction of the same event)."""
+        self.churn.pop(user_id, None)
+        self.churn[user_id] = churn
+        while len(self.churn) > 256:
+            self.churn.popitem(last=False)
 
     def frame(self, t: float, header: str = "") -> Frame:
         cur = self.history[-1] if self.history else None
@@ -276,7 +279,8 @@ class DemoState:
             latency_window=window, model_version=cur.model_version if cur else None,
             device=cur.device if cur else None, online=dict(cur.online) if cur else {},
             dead_letters=dict(cur.dead_letters) if cur else {}, retrain=self.retrain,
-            latest=tuple(reversed(list(self.latest.values())[-self.users_shown:])),
+            latest=tuple(replace(p, churn=self.churn.get(p.user_id, p.churn)) for p in
+                         reversed(list(self.latest.values())[-self.users_shown:])),
             happenings=tuple(self.happenings), header=header)
 
 
@@ -338,7 +342,8 @@ def render(f: Frame) -> RenderableType:
         acc.add_row(v + mark, _pct(o.action_accuracy), _pct(o.item_hit_rate),
                     "-" if o.item_mrr is None else f"{o.item_mrr:.3f}", f"{o.action_scored:,.0f}")
     if len(f.online) > len(versions):
-        acc.add_row(f"({len(f.online) - len(versions)} older versions)", "", "", "", "")
+        older = len(f.online) - len(versions)
+        acc.add_row(f"({older} older version{'s' if older > 1 else ''})", "", "", "", "")
     if not f.online:
         acc.add_row("-", "-", "-", "-", "0")
 

@@ -106,6 +106,7 @@ def test_happenings_retrain_cycles_and_the_model_changing():
 
 def test_latest_predictions_newest_first_one_per_user_with_churn():
     s = dv.DemoState(users_shown=2)
+    s.add_churn("u1", 0.4)  # churn may arrive before the next-action prediction of its event
     for i, user in enumerate(["u1", "u2", "u1", "u3"]):
         s.add_prediction(dv.prediction_from_json({
             "user_id": user, "action": "view", "model_version": V1,
@@ -117,6 +118,7 @@ def test_latest_predictions_newest_first_one_per_user_with_churn():
     assert [p.user_id for p in latest] == ["u3", "u1"]
     assert latest[0].churn == 0.25 and latest[0].next_action == "view"
     assert latest[0].p == pytest.approx(0.57) and latest[0].top_items == ("i0", "i1", "i2")
+    assert latest[1].churn == 0.4
 
 
 def test_render_and_line_show_every_figure():
