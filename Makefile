@@ -39,7 +39,7 @@ gpu-check: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy stream_app models
+	$(VENV)/bin/mypy stream_app clickstream_tools models
 
 clean:
 	rm -rf var .pytest_cache

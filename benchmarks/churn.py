@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from clickstream_tools.simulator import SimConfig, history_p_churn
+from clickstream_tools.sources import simulated_events
 from models.datasets import read_purchases
 from models.gru import GRUConfig
 from models.metrics import binary_report
 from models.recipes import Trained, train_on_events
 from models.train import TrainConfig, pick_device
-from stream_app.simulator import SimConfig, history_p_churn
-from stream_app.sources import simulated_events
 
 from .baselines import fit_logistic, position_features, predict_logistic, rf_design
 from .common import DEFAULT_DATA, benchmark_args, environment, stderr_progress, write_json

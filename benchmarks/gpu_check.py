@@ -162,10 +162,10 @@ def best_row(rows: list[dict[str, Any]], batch: int) -> dict[str, Any] | None:
 def make_registry(path: Path, users: int = 200, events: int = 4000, hidden: int = 64) -> str:
     """A small model trained for one epoch on simulated traffic (what it predicts does not
     matter here; that both devices predict the same does)."""
+    from clickstream_tools.sources import simulated_events
     from models.checkpoint import save_version
     from models.recipes import train_on_events
     from models.train import TrainConfig
-    from stream_app.sources import simulated_events
 
     evs, _ = simulated_events(users, events, seed=3)
     cfg = GRUConfig(n_items=0, n_categories=0, emb_dim=hidden, hidden=hidden, window=20,
@@ -210,7 +210,7 @@ def score_stream(registry: Path, device: str, events: list[dict], batch: int
 
 
 def scoring_check(device: str, users: int, events: int, batch: int) -> dict[str, Any]:
-    from stream_app.sources import simulated_events
+    from clickstream_tools.sources import simulated_events
 
     evs, _ = simulated_events(users, events, seed=11)
     with tempfile.TemporaryDirectory() as tmp:

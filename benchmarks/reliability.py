@@ -26,7 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from stream_app import broker
+from clickstream_tools import broker
 
 from .common import ROOT, benchmark_args, environment, write_json
 

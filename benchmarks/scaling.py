@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 from rocksdict import Rdict
 
+from clickstream_tools.simulator import SimConfig
 from stream_app.predictor import Predictor
 from stream_app.records import ACTIONS, Event
 from stream_app.scoring import score_batch
-from stream_app.simulator import SimConfig
 from stream_app.state import StateLimits, UserState, WindowEvent, decode, encode
 
 from .common import benchmark_args, environment, write_json

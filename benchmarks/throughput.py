@@ -33,12 +33,12 @@ import numpy as np
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from clickstream_tools import broker
+from clickstream_tools.simulator import SimConfig, messages
 from models.checkpoint import save_version
 from models.data import Vocab
 from models.gru import ClickstreamGRU, GRUConfig
-from stream_app import broker
 from stream_app.admin import ensure_topics
-from stream_app.simulator import SimConfig, messages
 
 from .common import benchmark_args, environment, write_json
 from .modes import PROGRESS_EVERY

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from kafka import KafkaConsumer
 
-from stream_app import broker
+from clickstream_tools import broker
+from clickstream_tools.simulator import SimConfig, messages
 from stream_app.admin import ensure_topics
-from stream_app.simulator import SimConfig, messages
 
 from .common import benchmark_args, environment, write_json
 from .throughput import PARTITIONS, end_count, make_model, preload, start_mode, stop

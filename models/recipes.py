@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .data import SeqData, Vocab
-from .datasets import build_vocabs, events_to_seqdata
+from .datasets import build_vocabs, events_to_seqdata, sessions_to_seqdata
 from .evaluate import Predictions, predict
 from .gru import ClickstreamGRU, GRUConfig
 from .metrics import binary_report, multiclass_report, recall_mrr_at_k
@@ -80,3 +80,19 @@ def train_on_events(events: Sequence[Mapping[str, Any]], cfg: GRUConfig, tcfg: T
     split = {"train_before_ts": c1, "valid_before_ts": c2, "test_from_ts": c2,
              "end_ts": float(ts.max()), "events": len(events)}
     return Trained(model, items, cats, report, preds, split, full)
+
+
+def train_on_sessions(sessions: list[list[str]], cfg: GRUConfig, tcfg: TrainConfig,
+                      device: str = "auto", progress: Callable[[dict[str, Any]], None] | None = None,
+                      valid_share: float = 0.05) -> tuple[ClickstreamGRU, Vocab, Vocab, dict[str, Any]]:
+    """Item-only sessions (no actions, no timestamps: Diginetica): the next-item head alone; the
+    last `valid_share` of the sessions pick the epoch. Returns (model, items, categories, report);
+    the action and churn heads stay untrained."""
+    items = Vocab.build((i for s in sessions for i in s), cfg.item_buckets)
+    cats = Vocab((), cfg.category_buckets)
+    cfg = replace(cfg, n_items=len(items))
+    cut = int((1 - valid_share) * len(sessions))
+    model, report = fit(cfg, sessions_to_seqdata(sessions[:cut], items),
+                        sessions_to_seqdata(sessions[cut:], items),
+                        replace(tcfg, w_action=0.0, w_churn=0.0), device=device, progress=progress)
+    return model, items, cats, report

@@ -10,7 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import broker
+from clickstream_tools import broker
+
 from .config import Settings
 from .kafka_clients import BrokerUnavailable
 
@@ -80,8 +81,9 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from clickstream_tools.simulator import SimConfig, produce
+
     from .admin import ensure_topics, topic_specs
-    from .simulator import SimConfig, produce
 
     s = _settings(args)
     ensure_topics(s.bootstrap, topic_specs(s), s.kafka_client_kwargs())
@@ -98,8 +100,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from clickstream_tools.replay import ReplayError, read_log, replay
+
     from .admin import ensure_topics, topic_specs
-    from .replay import ReplayError, read_log, replay
 
     s = _settings(args)
     speed = None if args.speed == "max" else float(args.speed)
@@ -173,12 +176,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from clickstream_tools.sources import SHARED, jsonl_events, simulated_events
     from models.checkpoint import save_version
-    from models.datasets import read_diginetica, read_taobao, sessions_to_seqdata
+    from models.datasets import read_diginetica, read_taobao
     from models.gru import GRUConfig
-    from models.train import TrainConfig, fit, pick_device
-
-    from .sources import SHARED, jsonl_events, simulated_events
+    from models.recipes import train_on_events, train_on_sessions
+    from models.train import TrainConfig, pick_device
 
     def progress(p: dict) -> None:
         if p.get("done"):
@@ -198,24 +201,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                        batch_tokens=1024 if quick else 4096)
     data_desc: dict = {"source": args.source}
     if args.source == "diginetica":
-        from models.data import Vocab
-
         train, _ = read_diginetica(SHARED / "diginetica")
         train = train[:20000] if quick else train
-        items = Vocab.build((i for s in train for i in s), cfg.item_buckets)
-        cats = Vocab((), cfg.category_buckets)
-        cfg = GRUConfig(**{**cfg.to_dict(), "n_items": len(items)})
-        cut = int(0.95 * len(train))
-        model, report = fit(cfg, sessions_to_seqdata(train[:cut], items),
-                            sessions_to_seqdata(train[cut:], items),
-                            TrainConfig(**{**tcfg.__dict__, "w_action": 0.0, "w_churn": 0.0}),
-                            device=args.device, progress=progress)
+        model, items, cats, report = train_on_sessions(train, cfg, tcfg, device=args.device,
+                                                       progress=progress)
         data_desc |= {"sessions": len(train), "heads_trained": ["next_item"],
                       "note": "no actions or timestamps in this data: action and churn heads untrained"}
         metrics = {"best_valid_loss": report["best_valid_loss"]}
     else:
-        from models.recipes import train_on_events
-
         if args.source == "simulate":
             events, _ = simulated_events(args.users, 20_000 if quick else args.events)
         elif args.source == "taobao":
@@ -365,7 +358,7 @@ def _announce(args: argparse.Namespace, reg: Path, version: str | None, reason: 
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from clickstream_tools.demo import run_demo
 
     return run_demo(rate=args.rate, users=args.users, model_dir=Path(args.model_dir),
                     replay=Path(args.replay) if args.replay else None, speed=args.speed)

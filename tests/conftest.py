@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from stream_app import broker
+from clickstream_tools import broker
 
 # Property tests check properties, not speed: on a slow, loaded 2-core machine input generation
 # can trip Hypothesis's timing health checks and per-example deadlines, so both are off.

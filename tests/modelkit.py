@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clickstream_tools.sources import simulated_events
 from models.checkpoint import load_version, save_version
 from models.data import from_sequences, make_batch
 from models.datasets import encode_event
 from models.gru import GRUConfig
 from models.recipes import train_on_events
 from models.train import TrainConfig
-from stream_app.sources import simulated_events
 
 
 def make_registry(path: Path, users: int = 200, events: int = 6000, seed: int = 3) -> str:

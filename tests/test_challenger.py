@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from clickstream_tools.simulator import SimConfig, Storefront
 from models.challenger import Policy, challenge, decide
 from models.checkpoint import LoadedModel
 from models.data import from_sequences, make_batch
@@ -17,7 +18,6 @@ from models.gru import ClickstreamGRU, GRUConfig
 from models.metrics import recall_mrr_at_k
 from models.train import TrainConfig
 from models.warmstart import WarmStart, extend_vocab
-from stream_app.simulator import SimConfig, Storefront
 
 CFG = GRUConfig(n_items=0, n_categories=0, emb_dim=16, hidden=16, item_buckets=16,
                 category_buckets=4, repeat_flag=True, gap_buckets=True, dropout=0.0)

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 
-from stream_app import demo_view as dv
+from clickstream_tools import demo_view as dv
 from stream_app.instruments import Metrics
 from stream_app.retrain import RetrainMetrics
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.broker import free_port
+from clickstream_tools.broker import free_port
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "latest_predictions.py"
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from clickstream_tools.sources import simulated_events
 from stream_app.instruments import Metrics
 from stream_app.online_eval import (
     Kept,
@@ -21,7 +22,6 @@ from stream_app.online_eval import (
 from stream_app.predictor import Predictor
 from stream_app.records import ACTION_INDEX, ACTIONS, Event
 from stream_app.scoring import score_batch
-from stream_app.sources import simulated_events
 from stream_app.state import _HEAD, FORMAT, StateLimits, UserState, WindowEvent, decode, encode
 
 from .modelkit import make_registry

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from clickstream_tools.replay import LogEvent, read_log, schedule
 from stream_app.records import parse_event
-from stream_app.replay import LogEvent, read_log, schedule
 
 
 def _line(eid: str, user: str, ts, action: str = "view") -> bytes:

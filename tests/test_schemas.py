@@ -10,8 +10,8 @@ import numpy as np
 import orjson
 import pytest
 
+from clickstream_tools.simulator import SimConfig, Storefront
 from stream_app import records
-from stream_app.simulator import SimConfig, Storefront
 
 SCHEMAS = Path(records.__file__).parent / "schemas"
 

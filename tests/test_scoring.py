@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from clickstream_tools.sources import simulated_events
 from models.checkpoint import set_current
 from stream_app.predictor import Predictor
 from stream_app.records import Event
 from stream_app.scoring import score_batch
-from stream_app.sources import simulated_events
 from stream_app.state import StateLimits
 
 from .modelkit import make_registry, offline_predictions

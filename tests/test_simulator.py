@@ -6,8 +6,8 @@ import random
 import numpy as np
 import orjson
 
+from clickstream_tools.simulator import SimConfig, Storefront, corrupt, history_p_churn, messages
 from stream_app.records import ACTIONS, InvalidEvent, parse_event
-from stream_app.simulator import SimConfig, Storefront, corrupt, history_p_churn, messages
 
 
 def test_seeded_and_time_ordered_and_valid():

@@ -25,11 +25,11 @@ import numpy as np
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from stream_app import broker
+from clickstream_tools import broker
+from clickstream_tools.broker import free_port
+from clickstream_tools.simulator import SimConfig, Storefront
 from stream_app.admin import ensure_topics, topic_specs
-from stream_app.broker import free_port
 from stream_app.config import Settings
-from stream_app.simulator import SimConfig, Storefront
 
 from ..modelkit import offline_predictions
 from .helpers import WorkerProcess, metric_value, read_topic, start_worker

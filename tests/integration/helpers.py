@@ -16,7 +16,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from stream_app.broker import free_port
+from clickstream_tools.broker import free_port
 
 
 @dataclass

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from clickstream_tools.broker import free_port
 from stream_app.admin import ensure_topics, topic_specs
-from stream_app.broker import free_port
 from stream_app.client import StorefrontClient
 from stream_app.config import Settings
 

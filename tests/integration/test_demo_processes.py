@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.broker import _alive
-from stream_app.sources import SHARED
+from clickstream_tools.broker import _alive
+from clickstream_tools.sources import SHARED
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ import urllib.request
 import orjson
 import pytest
 
+from clickstream_tools.simulator import SimConfig, produce
 from stream_app.admin import ensure_topics, topic_specs
 from stream_app.config import Settings
-from stream_app.simulator import SimConfig, produce
 
 from .helpers import read_topic, start_worker
 

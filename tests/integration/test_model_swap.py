@@ -15,11 +15,11 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
+from clickstream_tools.simulator import SimConfig, Storefront
 from models.checkpoint import current_version, set_current
 from stream_app.admin import ensure_topics, topic_specs
 from stream_app.config import Settings
 from stream_app.model_bus import announce, pack, publish
-from stream_app.simulator import SimConfig, Storefront
 
 from ..modelkit import make_registry, offline_predictions
 from .helpers import metric_value, read_topic, start_worker

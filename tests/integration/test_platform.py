@@ -10,11 +10,11 @@ import sys
 import orjson
 import pytest
 
+from clickstream_tools.broker import free_port
+from clickstream_tools.simulator import SimConfig, produce
 from stream_app.admin import TopicMismatch, ensure_topics, partition_counts, topic_specs
-from stream_app.broker import free_port
 from stream_app.config import Settings
 from stream_app.records import parse_event
-from stream_app.simulator import SimConfig, produce
 
 from ..modelkit import make_registry
 from .helpers import read_topic, start_worker
@@ -55,7 +55,9 @@ def test_topics_get_their_intended_partition_counts(kafka_bootstrap, namespace):
     specs = topic_specs(s)
     ensure_topics(kafka_bootstrap, specs)
     ensure_topics(kafka_bootstrap, specs)  # idempotent
-    assert partition_counts(kafka_bootstrap, list(specs)) == {name: 6 for name in specs}
+    bus = {s.topics.model_updates, s.topics.model_artifacts}  # one partition each (model_bus.py)
+    assert partition_counts(kafka_bootstrap, list(specs)) == {
+        name: 1 if name in bus else 6 for name in specs}
     with pytest.raises(TopicMismatch):
         ensure_topics(kafka_bootstrap, {s.topics.events: 3})
 

@@ -28,10 +28,10 @@ from typing import Any
 import pytest
 import yaml
 
+from clickstream_tools.broker import free_port
+from clickstream_tools.simulator import SimConfig, produce
 from stream_app.admin import ensure_topics, topic_specs
-from stream_app.broker import free_port
 from stream_app.config import Settings
-from stream_app.simulator import SimConfig, produce
 
 from .. import promql
 from ..test_grafana import dashboard_exprs

@@ -6,10 +6,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from clickstream_tools.simulator import SimConfig, messages, produce
 from stream_app.admin import ensure_topics, topic_specs
 from stream_app.config import Settings
 from stream_app.pseudonymisation import Pseudonymiser
-from stream_app.simulator import SimConfig, messages, produce
 
 from .helpers import read_topic, start_worker
 

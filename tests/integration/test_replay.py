@@ -11,10 +11,10 @@ import sys
 import orjson
 import pytest
 
-from stream_app.broker import free_port
+from clickstream_tools.broker import free_port
+from clickstream_tools.replay import ReplayError, read_log, replay
+from clickstream_tools.sources import SHARED
 from stream_app.config import Settings
-from stream_app.replay import ReplayError, read_log, replay
-from stream_app.sources import SHARED
 
 from .helpers import read_topic
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import orjson
 from kafka import KafkaProducer
 
+from clickstream_tools.broker import free_port
+from clickstream_tools.simulator import SimConfig, Storefront
 from models.checkpoint import current_version, list_versions, read_cycles, read_history
 from stream_app.admin import ensure_topics
-from stream_app.broker import free_port
 from stream_app.config import Settings
 from stream_app.model_bus import latest_announcement
-from stream_app.simulator import SimConfig, Storefront
 
 from ..modelkit import make_registry
 from .helpers import metric_value

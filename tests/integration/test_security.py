@@ -15,13 +15,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream_app import broker
+from clickstream_tools import broker
+from clickstream_tools.replay import read_log, replay
+from clickstream_tools.simulator import SimConfig, produce
 from stream_app.admin import ensure_topics, topic_specs
 from stream_app.client import StorefrontClient
 from stream_app.config import Settings
 from stream_app.kafka_clients import BrokerUnavailable
-from stream_app.replay import read_log, replay
-from stream_app.simulator import SimConfig, produce
 
 from .helpers import read_topic, start_worker
 

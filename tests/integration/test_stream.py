@@ -8,9 +8,9 @@ import numpy as np
 import orjson
 import pytest
 
+from clickstream_tools.simulator import SimConfig, Storefront, messages, produce
 from stream_app.admin import ensure_topics, topic_specs
 from stream_app.config import Settings
-from stream_app.simulator import SimConfig, Storefront, messages, produce
 
 from ..modelkit import offline_predictions
 from .helpers import read_topic, start_worker

@@ -31,9 +31,10 @@ from typing import Any
 
 import orjson
 
+from stream_app.admin import ensure_topics, topic_specs
+from stream_app.config import Settings
+
 from . import broker, demo_view, processes
-from .admin import ensure_topics, topic_specs
-from .config import Settings
 
 # The retrain worker in the demo: a cycle every RETRAIN_INTERVAL_S over the last RETRAIN_LOOKBACK_S
 # of events (~2,400 at the default 20 events/s), one short epoch, so that a cycle ends within a

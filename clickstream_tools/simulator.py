@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .records import ACTIONS
+from stream_app.records import ACTIONS
 
 FUNNEL: dict[str, dict[str, float]] = {
     "view": {"view": 0.66, "search": 0.08, "add_to_cart": 0.14, "favorite": 0.06, "purchase": 0.02},
@@ -314,7 +314,7 @@ def produce(bootstrap: str, topic: str, cfg: SimConfig, rate: float | None = Non
     instead of spinning in the producer's retries (kafka_clients.Deliveries)."""
     from kafka import KafkaProducer
 
-    from .kafka_clients import PRODUCER_DEFAULTS, Deliveries, close_producer, connect
+    from stream_app.kafka_clients import PRODUCER_DEFAULTS, Deliveries, close_producer, connect
 
     opts = {**PRODUCER_DEFAULTS, "batch_size": 256 * 1024, **(client_kwargs or {})}
     producer = connect(lambda: KafkaProducer(bootstrap_servers=bootstrap, client_id="storefront-simulator",

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from kafka.errors import KafkaError
 
-from .config import Settings
-from .kafka_clients import BrokerUnavailable, Deliveries, close_producer, make_producer
-from .records import InvalidEvent, parse_event
+from stream_app.config import Settings
+from stream_app.kafka_clients import BrokerUnavailable, Deliveries, close_producer, make_producer
+from stream_app.records import InvalidEvent, parse_event
 
 MAX_SLEEP_S = 0.5  # wake up at least this often while waiting for a due time (progress, Ctrl-C)
 

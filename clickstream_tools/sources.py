@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .records import InvalidEvent, parse_event
+from stream_app.records import InvalidEvent, parse_event
+
 from .simulator import SimConfig, Storefront
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
