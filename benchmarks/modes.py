@@ -61,20 +61,22 @@ def faust_app(args: argparse.Namespace) -> Any:
                      topic_partitions=args.partitions, datadir=args.data_dir)
 
 
+def raw_topic(app: Any, name: str) -> Any:
+    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                     value_serializer="raw")
+
+
 def run_faust_passthrough(args: argparse.Namespace) -> None:
     import faust
 
     app = faust_app(args)
-    src = app.topic(args.input, key_type=bytes, value_type=bytes, key_serializer="raw",
-                    value_serializer="raw")
-    out = app.topic(args.output, key_type=bytes, value_type=bytes, key_serializer="raw",
-                    value_serializer="raw")
+    out = raw_topic(app, args.output)
 
     async def forward(stream: Any) -> None:
         async for ev in stream.events():
             await out.send(key=ev.key, value=ev.value)
 
-    app.agent(src, name="bench.passthrough")(forward)
+    app.agent(raw_topic(app, args.input), name="bench.passthrough")(forward)
     faust.Worker(app, loglevel="warning", override_logging=False).execute_from_commandline()
 
 
@@ -85,10 +87,7 @@ def run_faust_consume(args: argparse.Namespace) -> None:
     import faust
 
     app = faust_app(args)
-    src = app.topic(args.input, key_type=bytes, value_type=bytes, key_serializer="raw",
-                    value_serializer="raw")
-    out = app.topic(args.output, key_type=bytes, value_type=bytes, key_serializer="raw",
-                    value_serializer="raw")
+    out = raw_topic(app, args.output)
 
     async def consume(stream: Any) -> None:
         n = 0
@@ -97,7 +96,7 @@ def run_faust_consume(args: argparse.Namespace) -> None:
             if n % PROGRESS_EVERY == 0:
                 await out.send(key=None, value=b"%d" % n)
 
-    app.agent(src, name="bench.consume")(consume)
+    app.agent(raw_topic(app, args.input), name="bench.consume")(consume)
     faust.Worker(app, loglevel="warning", override_logging=False).execute_from_commandline()
 
 
@@ -113,12 +112,8 @@ def run_naive(args: argparse.Namespace) -> None:
     model = predictor.model
     limits = StateLimits(model.cfg.window, 1e12)
     app = faust_app(args)
-    src = app.topic(args.input, key_type=bytes, value_type=bytes, key_serializer="raw",
-                    value_serializer="raw")
-    out_a = app.topic(args.output, key_type=bytes, value_type=bytes, key_serializer="raw",
-                      value_serializer="raw")
-    out_c = app.topic(args.output + ".churn", key_type=bytes, value_type=bytes,
-                      key_serializer="raw", value_serializer="raw")
+    src = raw_topic(app, args.input)
+    out_a, out_c = raw_topic(app, args.output), raw_topic(app, args.output + ".churn")
     table = app.Table("naive-windows", default=None, partitions=args.partitions)
 
     async def score(stream: Any) -> None:
