@@ -304,21 +304,21 @@ class PendingRows:
 class Delivery:
     """Runs one batch through the pipeline and makes its effects durable in the safe order."""
 
-    def __init__(self, *, app: Any, pipeline: EventPipeline, table: Any, ledger: OffsetLedger,
+    def __init__(self, *, app: Any, pipeline: EventPipeline, ledger: OffsetLedger,
                  metrics: Metrics, bootstrap: str, client_kwargs: dict[str, Any] | None = None,
-                 pending: PendingRows | None = None, max_in_flight: int = 2) -> None:
+                 max_in_flight: int = 2) -> None:
+        if not isinstance(pipeline.table, PendingRows):
+            raise TypeError("the pipeline must read state through PendingRows (rows in delivery)")
         self.app = app
         self.pipeline = pipeline
-        self.table = table
+        # rows computed but not yet stored: the pipeline reads through them, the sweep skips them
+        self.in_flight: PendingRows = pipeline.table
+        self.table = self.in_flight.table
         self.ledger = ledger
         self.metrics = metrics
         self.bootstrap = bootstrap
         self.client_kwargs = client_kwargs or {}  # security settings for our own consumer
         self.max_in_flight = max_in_flight
-        # rows computed but not yet stored: the pipeline reads through them, the sweep skips them
-        self.in_flight = pending if pending is not None else PendingRows(table)
-        if pipeline.table is not self.in_flight:
-            raise ValueError("the pipeline must read state through the delivery's PendingRows")
         self._tails: deque[asyncio.Task[None]] = deque()  # batches whose delivery is finishing
         self._seq = 0
         self._stage = {s: metrics.stage_seconds.labels(s) for s in ("publish", "changelog", "ack")}

@@ -78,18 +78,16 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
     # events that made it; StateTable names that partition explicitly
     table = StateTable(app.Table(STATE_TABLE, key_type=bytes, value_type=bytes,
                                  partitions=settings.partitions))
-    pending = PendingRows(table)  # rows of batches still being delivered, in front of the table
-    pipeline = EventPipeline(
-        metrics=metrics, predictor=predictor, table=pending,
+    pipeline = EventPipeline(  # reads through the rows of batches still being delivered
+        metrics=metrics, predictor=predictor, table=PendingRows(table),
         limits=StateLimits(settings.window_events, settings.window_seconds),
         dead_letters=t.dead_letters, next_action=t.next_action, churn=t.churn,
         valid_events=t.valid_events if settings.emit_valid_events else None,
         max_future_s=settings.max_future_s, breaker_failures=settings.breaker_failures,
         pseudonymise=pseudonymisation.from_key(settings.pseudonym_key),
     )
-    delivery = Delivery(app=app, pipeline=pipeline, table=table, ledger=app.ledger, metrics=metrics,
-                        bootstrap=settings.bootstrap, client_kwargs=settings.kafka_client_kwargs(),
-                        pending=pending)
+    delivery = Delivery(app=app, pipeline=pipeline, ledger=app.ledger, metrics=metrics,
+                        bootstrap=settings.bootstrap, client_kwargs=settings.kafka_client_kwargs())
     events = _raw_topic(app, t.events, settings.partitions)
     metrics.info.labels(settings.app_id, __version__).set(1)
     metrics.set_model(predictor.version, str(predictor.device))

@@ -112,8 +112,8 @@ def test_the_next_batch_is_scored_while_the_previous_one_is_delivered_and_order_
         tp = TP(TOPIC, 0)
         app = type("App", (), {"consumer": type("C", (), {"_committed_offset": {tp: 0}})(),
                                "producer": broker})()
-        delivery = agents.Delivery(app=app, pipeline=pipe, table=table, ledger=ledger,
-                                   metrics=pipe.metrics, bootstrap="unused", pending=pending)
+        delivery = agents.Delivery(app=app, pipeline=pipe, ledger=ledger,
+                                   metrics=pipe.metrics, bootstrap="unused")
         stream = Stream(broker.log)
         await delivery.run(stream, [Event(0)])
         await delivery.run(stream, [Event(1)])  # returns although nothing is acknowledged yet
@@ -160,8 +160,8 @@ def test_a_failed_delivery_stops_the_worker_without_acknowledging(predictor, mon
         tp = TP(TOPIC, 0)
         app = type("App", (), {"consumer": type("C", (), {"_committed_offset": {tp: 0}})(),
                                "producer": broker})()
-        delivery = agents.Delivery(app=app, pipeline=pipe, table=table, ledger=OffsetLedger(),
-                                   metrics=pipe.metrics, bootstrap="unused", pending=pending)
+        delivery = agents.Delivery(app=app, pipeline=pipe, ledger=OffsetLedger(),
+                                   metrics=pipe.metrics, bootstrap="unused")
         await delivery.run(Stream(broker.log), [Event(0)])
         await _settle()
         for what, fut in broker.pending:

@@ -264,8 +264,8 @@ def test_a_hole_is_filled_from_the_broker_before_the_event_that_revealed_it(pred
     pipe = make_pipeline(predictor, pending)
     ledger = OffsetLedger()
     app = type("App", (), {"consumer": type("C", (), {"_committed_offset": {tp: 10}})()})()
-    delivery = agents.Delivery(app=app, pipeline=pipe, table=table, ledger=ledger,
-                               metrics=pipe.metrics, bootstrap="unused", pending=pending)
+    delivery = agents.Delivery(app=app, pipeline=pipe, ledger=ledger,
+                               metrics=pipe.metrics, bootstrap="unused")
 
     async def fake_read(bootstrap, tp_, start, end, client_kwargs=None):
         assert (start, end) == (10, 13)
