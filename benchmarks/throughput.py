@@ -11,8 +11,9 @@ one process at a time:
    producer I/O);
 2. latency: a fresh topic is fed at half of that mode's maximum rate (and, for the pipeline, at
    90% of it too), once the mode has answered 100 warm-up events; latency is the output record's
-   Kafka timestamp minus the input record's (both stamped by producers on this machine). The
-   feeding producer shares the 2 cores: the JSON records the rate it really achieved.
+   Kafka timestamp minus the input record's (both stamped by producers on this machine at send
+   time). The feeder is its own process with a C client (benchmarks/feeder.py); it still shares
+   the 2 cores with the broker and the mode: the JSON records the rate it really achieved.
 
     python -m benchmarks.throughput [--quick] --json benchmarks/results/throughput.json
 """
@@ -41,6 +42,7 @@ from models.gru import ClickstreamGRU, GRUConfig
 from stream_app.admin import ensure_topics
 
 from .common import benchmark_args, environment, write_json
+from .feeder import write_messages
 from .modes import PROGRESS_EVERY
 
 MODES = ("raw", "faust_consume", "faust_passthrough", "naive", "pipeline")
@@ -172,11 +174,12 @@ def measure_latency(bootstrap: str, mode: str, ns: str, msgs: list[tuple[bytes, 
     topic = f"{ns}clickstream.events"
     ensure_topics(bootstrap, {topic: PARTITIONS})
     proc, out = start_mode(mode, bootstrap, ns, topic, model_dir, work)
-    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1)
     warm = 100  # not measured: the mode must be consuming before the clock starts
+    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1)
     for k, v in msgs[-warm:]:
         p.send(topic, key=k, value=v)
     p.flush()
+    p.close()
     c = KafkaConsumer(bootstrap_servers=bootstrap)
     deadline = time.monotonic() + 120
     while end_count(c, out) < warm and time.monotonic() < deadline and proc.poll() is None:
@@ -184,44 +187,41 @@ def measure_latency(bootstrap: str, mode: str, ns: str, msgs: list[tuple[bytes, 
     c.close()
     time.sleep(2)
     n = min(len(msgs) - warm, int(rate * duration_s))
-    sent_ms: dict[bytes, int] = {}
-    t0 = time.monotonic()
+    feed = work / "feeder-messages.jsonl"
+    write_messages(feed, msgs[:n])
     try:
-        for i, (k, v) in enumerate(msgs[:n]):
-            delay = t0 + i / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            ms = int(time.time() * 1000)
-            p.send(topic, key=k, value=v, timestamp_ms=ms)
-            sent_ms[orjson.loads(v)["event_id"].encode()] = ms
-        p.flush()
-        achieved = n / (time.monotonic() - t0)
-        lat = collect_latencies(bootstrap, out, sent_ms, n, timeout=30 + duration_s)
+        fed = subprocess.run([sys.executable, "-m", "benchmarks.feeder", "--bootstrap", bootstrap,
+                              "--topic", topic, "--messages", str(feed), "--count", str(n),
+                              "--rate", str(rate)], check=True, capture_output=True,
+                             timeout=120 + 2 * duration_s)
+        achieved = orjson.loads(fed.stdout.splitlines()[-1])["achieved_events_per_s"]
+        sent = record_times(bootstrap, topic, warm + n, timeout=30)
+        done = record_times(bootstrap, out, warm + n, timeout=30 + duration_s)
     finally:
-        p.close()
         stop(proc)
+    measured = {orjson.loads(v)["event_id"].encode() for _, v in msgs[:n]}
+    lat = [done[e] - sent[e] for e in measured if e in sent and e in done]
     arr = np.array(lat) / 1000.0
     return {"offered_events_per_s": rate, "achieved_offer_events_per_s": achieved,
+            "feeder": "benchmarks.feeder (own process, librdkafka)",
             "events": n, "outputs_seen": len(lat),
             "p50_s": float(np.percentile(arr, 50)) if len(arr) else None,
             "p99_s": float(np.percentile(arr, 99)) if len(arr) else None}
 
 
-def collect_latencies(bootstrap: str, topic: str, sent_ms: dict[bytes, int], n: int,
-                      timeout: float) -> list[int]:
+def record_times(bootstrap: str, topic: str, n: int, timeout: float) -> dict[bytes, int]:
+    """event_id -> the record's Kafka timestamp (ms), for the first `n` records of `topic`."""
     c = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     parts = c.partitions_for_topic(topic) or set()
     tps = [TopicPartition(topic, q) for q in parts]
     c.assign(tps)
     c.seek_to_beginning(*tps)
-    out: list[int] = []
+    out: dict[bytes, int] = {}
     deadline = time.monotonic() + timeout
     while len(out) < n and time.monotonic() < deadline:
         for recs in c.poll(timeout_ms=500).values():
             for r in recs:
-                eid = orjson.loads(r.value)["event_id"].encode()
-                if eid in sent_ms:
-                    out.append(r.timestamp - sent_ms[eid])
+                out.setdefault(orjson.loads(r.value)["event_id"].encode(), r.timestamp)
     c.close()
     return out
 
