@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from models.data import SeqData
+from models.train import fit_logistic as models_fit_logistic
 
 GAP_EDGES = np.array([10.0, 60.0, 300.0, 1800.0])  # seconds: <10s, <1m, <5m, <30m, longer
 
@@ -41,27 +42,9 @@ def rf_design(f: dict[str, np.ndarray], n_actions: int = 6) -> np.ndarray:
 
 
 def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 50) -> np.ndarray:
-    """L2-regularised logistic regression by Newton's method (IRLS)."""
-    mu, sd = X.mean(0), X.std(0)
-    sd[sd == 0] = 1.0
-    mu[0], sd[0] = 0.0, 1.0  # keep the intercept column
-    Z = (X - mu) / sd
-    w = np.zeros(Z.shape[1])
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-Z @ w))
-        g = Z.T @ (p - y) / len(y) + l2 * w
-        H = (Z * (p * (1 - p))[:, None]).T @ Z / len(y) + l2 * np.eye(len(w))
-        step = np.linalg.solve(H, g)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return _unscale(w, mu, sd)
-
-
-def _unscale(w: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
-    coef = w / sd
-    coef[0] = w[0] - (w[1:] * mu[1:] / sd[1:]).sum()
-    return coef
+    """L2-regularised logistic regression by IRLS; X's first column is the intercept's (ones).
+    The same fit that starts the GRU's churn head (models.train.fit_logistic)."""
+    return models_fit_logistic(X[:, 1:], y, l2, iters)
 
 
 def predict_logistic(w: np.ndarray, X: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ Pure PyTorch: no I/O, no environment, no printing.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ N_ACTIONS = 6  # the schema's actions, in stream_app.records.ACTIONS order
 # gap buckets (seconds): what happens next depends on the gap non-monotonically (a burst of
 # clicks, a pause to read, a new session), which one scalar through one tanh layer learns slowly
 GAP_EDGES_S = (1.0, 10.0, 60.0, 300.0, 1800.0, 3 * 3600.0, 86400.0)
+PROFILE_DIM = 2 + N_ACTIONS  # Events.profile columns, see profile_inputs
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,11 @@ class GRUConfig:
     cosine: bool = False
     cosine_scale: float = 16.0
     repeat_head: bool = True  # False: no repeat channel (gate fixed at 0), for ablations
+    # the user's recency/frequency profile (`Events.profile`, see `profile_inputs`: what the
+    # stream's UserState keeps) and the current action next to the GRU state in the churn head:
+    # a GRU counts tens of events poorly, and "how many events, over how long" is most of what
+    # predicts a return. Training starts this head at the regression on those inputs.
+    churn_profile: bool = False
 
     @property
     def item_vocab(self) -> int:
@@ -90,6 +96,14 @@ class Events:
     log_price: Tensor  # float, log1p(price), 0 when absent
     has_price: Tensor  # float, 0/1
     window: Tensor  # long (..., W)
+    # float (..., PROFILE_DIM): `profile_inputs` of the user after this event; read only with
+    # `churn_profile`. Left out, it is an empty (..., 0) tensor (every field stays a tensor), and
+    # `forward` from a fresh start (h0=None) derives it from the sequence itself.
+    profile: Tensor = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.profile is None:
+            self.profile = self.log_gap.new_zeros((*self.log_gap.shape, 0))
 
     def to(self, device: torch.device | str) -> Events:
         return Events(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
@@ -121,7 +135,9 @@ class ClickstreamGRU(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.gru = nn.GRU(E, H, num_layers=cfg.layers, batch_first=True)
         self.action_head = nn.Linear(H, cfg.n_actions)
-        self.churn_head = nn.Linear(H + 1, 1)
+        # with the profile, the churn head also sees the current action (one-hot): together they
+        # are the recency/frequency regression's inputs, so the head can start at its solution
+        self.churn_head = nn.Linear(H + 1 + (PROFILE_DIM + cfg.n_actions if cfg.churn_profile else 0), 1)
         read = H
         if cfg.window_attention:
             self.att_state = nn.Linear(H, E)
@@ -168,7 +184,11 @@ class ClickstreamGRU(nn.Module):
 
     def _heads(self, o: Tensor, x: Events) -> tuple[Outputs, Tensor]:
         o = self.drop(o)
-        churn_in = torch.cat([o, x.log_gap.unsqueeze(-1).float()], dim=-1)
+        churn_in = [o, x.log_gap.unsqueeze(-1).float()]
+        if self.cfg.churn_profile:
+            if x.profile.shape[-1] != PROFILE_DIM:
+                raise ValueError("this model's churn head reads Events.profile (churn_profile=True)")
+            churn_in += [x.profile.float(), F.one_hot(x.action, self.cfg.n_actions).float()]
         read = o
         if self.cfg.window_attention:
             read = torch.cat([o, self.drop(self._window_context(o, x.window))], dim=-1)
@@ -177,7 +197,7 @@ class ClickstreamGRU(nn.Module):
             q = F.normalize(q, dim=-1) * self.cfg.cosine_scale
         return Outputs(
             action_logits=self.action_head(o),
-            churn_logit=self.churn_head(churn_in).squeeze(-1),
+            churn_logit=self.churn_head(torch.cat(churn_in, dim=-1)).squeeze(-1),
             item_query=q,
             repeat_gate=(torch.sigmoid(self.gate(o).squeeze(-1)) if self.cfg.repeat_head
                          else o.new_zeros(o.shape[:-1])),
@@ -196,10 +216,14 @@ class ClickstreamGRU(nn.Module):
 
     def forward(self, x: Events, h0: Tensor | None = None) -> tuple[Outputs, Tensor, Tensor]:
         """Whole sequences. x fields (B, T), window (B, T, W). Right-padding is harmless: the
-        GRU is causal, so padded steps never influence real ones (mask them in the loss)."""
+        GRU is causal, so padded steps never influence real ones (mask them in the loss).
+        h0=None: the sequences start the users afresh (zero state; the profile, when the model
+        reads one and x has none, is then a function of the sequence: `sequence_profile`)."""
         z = self._embed(x)  # (B, T, E)
         if h0 is None:
             h0 = self.init_state(z.shape[0], z.device)
+            if self.cfg.churn_profile and x.profile.shape[-1] == 0:
+                x = replace(x, profile=sequence_profile(x.action, x.log_gap, self.cfg.n_actions))
         o, h_n = self.gru(z, h0)
         out, rq = self._heads(o, x)
         return out, rq, h_n
@@ -291,6 +315,24 @@ class ClickstreamGRU(nn.Module):
         p_rep = (att * (window == target.unsqueeze(-1)).float()).sum(-1)
         return torch.logaddexp(torch.log1p(-g.clamp(max=1 - 1e-6)) + log_explore,
                                torch.log(g * p_rep + 1e-30))
+
+
+def profile_inputs(n_events: Tensor, age_s: Tensor, action_counts: Tensor) -> Tensor:
+    """The user's profile as the churn head reads it (..., PROFILE_DIM): log1p of the number of
+    events so far (this one included), of the seconds since the first, and of each action's
+    count (..., A). The stream has all three in UserState (n_events, ts - first_seen,
+    action_counts)."""
+    return torch.log1p(torch.cat([n_events.unsqueeze(-1).float(), age_s.clamp_min(0).unsqueeze(-1).float(),
+                                  action_counts.float()], dim=-1))
+
+
+def sequence_profile(action: Tensor, log_gap: Tensor, n_actions: int = N_ACTIONS) -> Tensor:
+    """(B, T) sequences from a fresh start -> (B, T, PROFILE_DIM) `profile_inputs` after each
+    event: counts are running counts, the age is the sum of the gaps (the newest event's time
+    minus the first's; a late event, gap 0, keeps the age of the newest)."""
+    n = torch.arange(1, action.shape[-1] + 1, device=action.device).expand(action.shape)
+    age = torch.expm1(log_gap.double()).cumsum(-1)
+    return profile_inputs(n, age, F.one_hot(action, n_actions).cumsum(-2))
 
 
 def sliding_windows(items: Tensor, window: int) -> Tensor:

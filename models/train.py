@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import IGNORE, Batch, SeqData, batches
-from .gru import ClickstreamGRU, Events, GRUConfig
+from .gru import ClickstreamGRU, Events, GRUConfig, profile_inputs, sequence_profile
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,26 @@ def evaluate_loss(model: ClickstreamGRU, data: SeqData, tcfg: TrainConfig, devic
     return means
 
 
+def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 50) -> np.ndarray:
+    """L2-regularised logistic regression by Newton's method (IRLS) on standardised columns.
+    X (N, D) without an intercept column; returns (D + 1,) weights, the intercept first, for the
+    unstandardised X."""
+    mu, sd = X.mean(0), X.std(0)
+    sd[sd == 0] = 1.0
+    Z = np.column_stack([np.ones(len(X)), (X - mu) / sd])
+    w = np.zeros(Z.shape[1])
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-Z @ w))
+        g = Z.T @ (p - y) / len(y) + l2 * w
+        H = (Z * (p * (1 - p))[:, None]).T @ Z / len(y) + l2 * np.eye(len(w))
+        step = np.linalg.solve(H, g)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    coef = w[1:] / sd
+    return np.concatenate([[w[0] - (coef * mu).sum()], coef])
+
+
 def init_output_priors(model: ClickstreamGRU, train: SeqData, batch_tokens: int = 4096) -> None:
     """Start the action, item and churn heads at the training label rates (add-one smoothed)
     instead of uniform: the first epochs then learn structure instead of the base rates, and a
@@ -162,6 +182,7 @@ def init_output_priors(model: ClickstreamGRU, train: SeqData, batch_tokens: int 
     cfg = model.cfg
     acts, items = np.ones(cfg.n_actions), np.ones(cfg.item_vocab)
     has_items, churned, labelled = False, 1.0, 2.0  # add-one: (churned + 1) / (labelled + 2)
+    churn_X, churn_y = [], []  # the churn head's non-state inputs and labels (churn_profile)
     for b in batches(train, cfg, batch_tokens, shuffle=False):
         acts += np.bincount(b.next_action[b.next_action != IGNORE].numpy(), minlength=cfg.n_actions)
         nxt = b.next_item[b.next_item > 0].numpy()
@@ -169,6 +190,12 @@ def init_output_priors(model: ClickstreamGRU, train: SeqData, batch_tokens: int 
         has_items |= len(nxt) > 0
         c = b.churn[b.churn >= 0].numpy()
         churned, labelled = churned + float(c.sum()), labelled + len(c)
+        if cfg.churn_profile:
+            m = b.churn >= 0
+            profile = sequence_profile(b.x.action, b.x.log_gap, cfg.n_actions)  # rows start afresh
+            churn_X.append(torch.cat([b.x.log_gap[m, None], profile[m].float(),
+                                      F.one_hot(b.x.action[m], cfg.n_actions).float()], -1).numpy())
+            churn_y.append(c)
     with torch.no_grad():
         model.action_head.bias.copy_(torch.from_numpy(np.log(acts / acts.sum())).float())
         if has_items:
@@ -177,6 +204,14 @@ def init_output_priors(model: ClickstreamGRU, train: SeqData, batch_tokens: int 
         if labelled > 2.0:
             rate = churned / labelled
             model.churn_head.bias.fill_(float(np.log(rate / (1 - rate))))
+        if churn_X and 0 < churned - 1.0 < labelled - 2.0:  # both labels seen
+            # start at the recency/frequency regression on the same inputs (training labels only),
+            # the state's weights at 0: the GRU learns what the profile does not already say
+            w = fit_logistic(np.concatenate(churn_X).astype(np.float64), np.concatenate(churn_y))
+            H = cfg.hidden
+            model.churn_head.weight[0, :H].zero_()
+            model.churn_head.weight[0, H:].copy_(torch.from_numpy(w[1:]).float())
+            model.churn_head.bias.fill_(float(w[0]))
 
 
 def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig,
@@ -283,13 +318,22 @@ def run_incremental(model: ClickstreamGRU, data: SeqData, rows: np.ndarray,
     h = model.init_state(B, device)
     window = torch.zeros(B, W, dtype=torch.long, device=device)
     prev_ts = np.zeros(B)
+    # the profile, as the stream's UserState keeps it: events so far, newest - first time, counts
+    n_ev, age, counts = np.zeros(B), np.zeros(B), np.zeros((B, model.cfg.n_actions))
     for t in range(int(lens.max()) if B else 0):
         active = np.nonzero(lens > t)[0]
         r = rows[active]
         at = data.offsets[r] + t
         act_t = torch.from_numpy(active).to(device)
         win = torch.cat([window[act_t, 1:], torch.from_numpy(data.item[at]).to(device)[:, None]], 1)
-        x = events_at(data, r, np.full(len(r), t), win.cpu(), prev_ts[active]).to(device)
+        x = events_at(data, r, np.full(len(r), t), win.cpu(), prev_ts[active])
+        if model.cfg.churn_profile:
+            n_ev[active] += 1
+            age[active] += torch.expm1(x.log_gap.double()).numpy()
+            counts[active, data.action[at]] += 1
+            x.profile = profile_inputs(torch.from_numpy(n_ev[active]), torch.from_numpy(age[active]),
+                                       torch.from_numpy(counts[active]))
+        x = x.to(device)
         out, rq, h_new = model.step(x, h[:, act_t])
         h[:, act_t] = h_new
         window[act_t] = win

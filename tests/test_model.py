@@ -210,3 +210,41 @@ def test_metrics_against_hand_computed_values():
         pytest.approx(0.5 * .3 + 0.5 * .2)
     probs = np.eye(3)[[0, 1, 1, 2]]
     assert macro_f1(probs, np.array([0, 1, 2, 2])) == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+
+
+def test_churn_profile_step_equals_forward_and_is_required_when_stepping():
+    """A churn head that reads the user's profile: forward from a fresh start derives it from the
+    sequence, step gets it the way the stream keeps it (running counts), and the two agree;
+    stepping without it fails loudly instead of scoring on nothing."""
+    from dataclasses import replace as dc_replace
+
+    cfg = dc_replace(CFG, churn_profile=True)
+    torch.manual_seed(0)
+    model = ClickstreamGRU(cfg).eval()
+    data = random_data(7)
+    b = make_batch(data, list(range(len(data))), cfg)
+    with torch.no_grad():
+        out, _, _ = model(b.x)
+    got = {}
+
+    def collect(rows, pos, o, q, win):
+        for i, (r, t) in enumerate(zip(rows, pos, strict=True)):
+            got[(int(r), int(t))] = o.churn_logit[i]
+
+    run_incremental(model, data, np.arange(len(data)), collect)
+    assert len(got) == int(b.valid.sum())
+    for (r, t), c in got.items():
+        torch.testing.assert_close(c, out.churn_logit[r, t], atol=1e-5, rtol=1e-5)
+    x = type(b.x)(**{k: v[:, 0] for k, v in vars(b.x).items() if k != "profile"})
+    with pytest.raises(ValueError, match="profile"):
+        model.step(x, model.init_state(len(data)))
+
+
+def test_churn_head_starts_at_the_profile_regression():
+    from dataclasses import replace as dc_replace
+
+    cfg = dc_replace(CFG, churn_profile=True)
+    model = ClickstreamGRU(cfg)
+    init_output_priors(model, random_data(8, n=40, max_len=30))
+    w = model.churn_head.weight.detach()[0]
+    assert torch.count_nonzero(w[:cfg.hidden]) == 0 and torch.count_nonzero(w[cfg.hidden:]) > 0
