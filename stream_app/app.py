@@ -34,6 +34,7 @@ class ClickstreamApp(faust.App):
     """A faust.App whose consumer commits the offset ledger's position (offsets.py)."""
 
     ledger: OffsetLedger
+    fetch_max_wait_ms: int | None = None  # offsets.ShortPollConsumerThread
 
     def _new_transport(self) -> Any:
         return LedgerTransport(self.conf.broker_consumer, self)
@@ -73,6 +74,7 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
         broker_credentials=settings.faust_credentials(),  # SASL/SSL from the environment
     )
     app.ledger = OffsetLedger()
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     t = settings.topics
     # use_partitioner=False: a row lives in (and its changelog goes to) the partition of the
     # events that made it; StateTable names that partition explicitly

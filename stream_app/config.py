@@ -30,6 +30,7 @@ class Settings:
     batch_within_s: float = 0.02  # longest a batch's first event waits for more to arrive
     batch_idle_s: float = 0.002  # a batch closes once no event has arrived for this long
     producer_linger_ms: int = 2  # lets the producer pack a batch's sends into fewer requests
+    fetch_max_wait_ms: int = 50  # longest the broker holds a fetch with no new data (Faust: 1500)
     emit_valid_events: bool = False  # also publish normalised events (for retraining consumers)
     model_dir: Path = Path("var/models")  # model registry (stream-app train --out)
     device: str = "auto"  # auto | cpu | cuda
@@ -161,6 +162,7 @@ class Settings:
             batch_within_s=float(e.get("CLICKSTREAM_BATCH_WITHIN_S", d.batch_within_s)),
             batch_idle_s=float(e.get("CLICKSTREAM_BATCH_IDLE_S", d.batch_idle_s)),
             producer_linger_ms=int(e.get("CLICKSTREAM_PRODUCER_LINGER_MS", d.producer_linger_ms)),
+            fetch_max_wait_ms=int(e.get("CLICKSTREAM_FETCH_MAX_WAIT_MS", d.fetch_max_wait_ms)),
             emit_valid_events=e.get("CLICKSTREAM_EMIT_VALID", "0") not in ("0", "false", "no"),
             model_dir=Path(e.get("CLICKSTREAM_MODEL_DIR", str(d.model_dir))),
             device=e.get("CLICKSTREAM_DEVICE", d.device),

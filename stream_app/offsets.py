@@ -82,8 +82,30 @@ class OffsetLedger:
         return None if t is None else t.commit
 
 
+class ShortPollConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread with a bounded fetch long-poll.
+
+    Faust creates its aiokafka consumer with `fetch_max_wait_ms=1500`, fixed. aiokafka keeps one
+    fetch in flight per broker, and a fetch built while the busy partitions still have records
+    buffered asks only for the quiet ones (our own changelog, say): the broker holds it the
+    full 1.5 s, and nothing else is fetched from that broker meanwhile. Once a worker falls
+    behind (a CPU hiccup is enough) it stays ~1.5 s behind with a core to spare
+    (benchmarks/feeder.py probe: 1,460 events/s, a 3 s CPU hog; lag ~2,000 events for the rest of
+    the run at 1,500 ms, back to ~50 within 3 s at 100 ms)."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        wait = getattr(self.app, "fetch_max_wait_ms", None)
+        if wait is not None:
+            consumer._fetch_max_wait_ms = int(wait)  # read by its Fetcher at start()
+        return consumer
+
+
 class LedgerConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, committing the ledger's position instead of its own."""
+
+    def _new_consumer_thread(self) -> ShortPollConsumerThread:
+        return ShortPollConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def _new_offset(self, tp: TP) -> int | None:
         # Faust's own ack list only feeds its unacked-message bookkeeping here; drop it

@@ -78,3 +78,25 @@ def test_a_rebalance_makes_late_completions_of_the_old_assignment_harmless():
     gen2 = ledger.arrive(TP0, 0, start=None)
     ledger.done(TP0, 0, gen2)
     assert ledger.committable(TP0) == 1
+
+
+def test_the_worker_consumer_bounds_the_fetch_long_poll():
+    """Faust fixes fetch_max_wait_ms at 1500; a worker that fell behind stayed ~1.5 s behind
+    (offsets.ShortPollConsumerThread). Ours passes the app's setting to aiokafka."""
+    import asyncio
+
+    from stream_app.app import ClickstreamApp
+    from stream_app.offsets import ShortPollConsumerThread
+
+    async def build() -> int:
+        app = ClickstreamApp("t-fetch-wait", broker="kafka://127.0.0.1:1", web_enabled=False)
+        app.fetch_max_wait_ms = 37
+        thread = app.consumer._thread
+        assert isinstance(thread, ShortPollConsumerThread)
+        consumer = thread._create_worker_consumer(app.transport)
+        try:
+            return consumer._fetch_max_wait_ms
+        finally:
+            consumer._closed = True  # never started: nothing to close
+
+    assert asyncio.run(build()) == 37
