@@ -1,7 +1,9 @@
 """Sequences to batches: vocabularies, compact per-user sequences, labels, time splits.
 
 Storage is CSR-like: flat numpy arrays for all events plus `offsets` (one row per user or
-session, oldest event first). Labels are derived, never stored:
+session in arrival order; a row the stream would apply from a fresh start, see models.features).
+Inputs are encoded by models.features under `limits` (the stream's window). Labels are derived,
+never stored:
 - next item / next action: the user's next event (ignored at the last event);
 - churn: 1 if the gap to the next event exceeds the horizon, 0 if not; censored (no label) when
   the data ends less than one horizon after this event, whatever happened next.
@@ -17,7 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .gru import Events, GRUConfig, sliding_windows
+from . import features
+from .features import SERVING_DEFAULTS, WindowLimits
+from .gru import Events, GRUConfig
 
 IGNORE = -100
 
@@ -66,6 +70,10 @@ class SeqData:
     has_time: bool = True
     keys: list[str] | None = None  # user/session id per row
     origin: np.ndarray | None = None  # (N,) index of each event in the caller's original list
+    limits: WindowLimits = SERVING_DEFAULTS  # the stream's window, which the inputs reproduce
+    # (N,) time of the user's next event, NaN if none: churn labels span the row ends that an
+    # idle reset makes (None: the next event in the row)
+    next_ts: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -83,11 +91,13 @@ class SeqData:
         return SeqData(np.concatenate([[0], np.cumsum(counts[has])]).astype(np.int64),
                        self.action[keep], self.item[keep], self.category[keep], self.ts[keep],
                        self.price[keep], float(cutoff), self.has_time, keys,
-                       None if self.origin is None else self.origin[keep])
+                       None if self.origin is None else self.origin[keep], self.limits,
+                       None if self.next_ts is None
+                       else np.where(self.next_ts < cutoff, self.next_ts, np.nan)[keep])
 
 
 def from_sequences(seqs: Iterable[Sequence[tuple]], has_time: bool, end_ts: float | None = None,
-                   keys: list[str] | None = None) -> SeqData:
+                   keys: list[str] | None = None, limits: WindowLimits = SERVING_DEFAULTS) -> SeqData:
     """Rows of (action, item_idx, category_idx, ts, price_or_nan) tuples -> SeqData."""
     flat: list[tuple] = []
     offsets = [0]
@@ -100,7 +110,7 @@ def from_sequences(seqs: Iterable[Sequence[tuple]], has_time: bool, end_ts: floa
                    arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64), ts,
                    arr[:, 4].astype(np.float32),
                    float(end_ts if end_ts is not None else (ts.max() if len(ts) else 0.0)),
-                   has_time, keys)
+                   has_time, keys, limits=limits)
 
 
 @dataclass
@@ -126,36 +136,38 @@ def make_batch(data: SeqData, rows: Sequence[int], cfg: GRUConfig) -> Batch:
     ts = np.zeros((B, T), np.float64)
     price = np.full((B, T), np.nan, np.float32)
     valid = np.zeros((B, T), bool)
+    after = np.full((B, T), np.nan)  # the user's next event time, where the data says
     for b, r in enumerate(rows):
         s, e = data.offsets[r], data.offsets[r + 1]
         n = e - s
         action[b, :n], item[b, :n], cat[b, :n] = data.action[s:e], data.item[s:e], data.category[s:e]
         ts[b, :n], price[b, :n], valid[b, :n] = data.ts[s:e], data.price[s:e], True
+        if data.next_ts is not None:
+            after[b, :n] = data.next_ts[s:e]
     has_next = np.zeros((B, T), bool)
     has_next[:, :-1] = valid[:, 1:]
-    gap = np.zeros((B, T))
-    if data.has_time:
-        gap[:, 1:] = np.where(valid[:, 1:], np.maximum(ts[:, 1:] - ts[:, :-1], 0), 0)
+    gap = features.gaps(ts) if data.has_time else np.zeros((B, T))
     next_item = np.where(has_next, np.roll(item, -1, 1), 0)
     next_action = np.where(has_next, np.roll(action, -1, 1), IGNORE)
     churn = np.full((B, T), -1.0, np.float32)
     if data.has_time:
         H = cfg.churn_horizon_s
-        next_gap = np.roll(gap, -1, 1)
+        # the time to the user's next event (not the input gap, which is measured from the newest
+        # event and is 0 for a late one)
+        if data.next_ts is None:
+            after[:, :-1] = np.where(has_next[:, :-1], ts[:, 1:], np.nan)
+        comes_back = ~np.isnan(after)
+        next_gap = np.maximum(np.nan_to_num(after - ts), 0)
         # Label only positions observed for a whole horizon. Near the end, keeping those whose
         # next event happened to arrive in time (label 0) and dropping the rest would bias the
         # labels towards "stays"; so censor every one of them.
         observed = valid & ((data.end_ts - ts) >= H)
-        churn = np.where(observed & has_next, (next_gap > H).astype(np.float32), churn)
-        churn = np.where(observed & ~has_next, 1.0, churn).astype(np.float32)
+        churn = np.where(observed & comes_back, (next_gap > H).astype(np.float32), churn)
+        churn = np.where(observed & ~comes_back, 1.0, churn).astype(np.float32)
     item_t = torch.from_numpy(item)
-    x = Events(
-        action=torch.from_numpy(action), item=item_t, category=torch.from_numpy(cat),
-        log_gap=torch.from_numpy(np.log1p(gap).astype(np.float32)),
-        log_price=torch.from_numpy(np.nan_to_num(np.log1p(price), nan=0.0).astype(np.float32)),
-        has_price=torch.from_numpy((~np.isnan(price)).astype(np.float32)),
-        window=sliding_windows(item_t, cfg.window),
-    )
+    window = features.windows(item_t, ts if data.has_time else np.zeros((B, T)), lens, cfg.window,
+                              data.limits)
+    x = features.encode(action, item, cat, np.where(valid, gap, 0.0), price, window)
     return Batch(x, torch.from_numpy(next_item), torch.from_numpy(next_action),
                  torch.from_numpy(churn), torch.from_numpy(valid), np.asarray(rows))
 

@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from . import features
 from .actions import ACTION_INDEX
 from .data import SeqData, Vocab, from_sequences
+from .features import SERVING_DEFAULTS, WindowLimits
 
 TAOBAO_ACTIONS = {"pv": "view", "cart": "add_to_cart", "fav": "favorite", "buy": "purchase"}
 
@@ -90,14 +92,29 @@ def encode_event(e: Mapping[str, Any], items: Vocab, categories: Vocab) -> tuple
 
 
 def events_to_seqdata(events: Iterable[Mapping[str, Any]], items: Vocab, categories: Vocab,
-                      end_ts: float | None = None) -> SeqData:
-    """Time-ordered event dicts -> one row per user (oldest first)."""
-    by_user: dict[str, list[tuple]] = defaultdict(list)
-    where: dict[str, list[int]] = defaultdict(list)
-    for n, e in enumerate(events):
-        by_user[e["user_id"]].append(encode_event(e, items, categories))
-        where[e["user_id"]].append(n)
-    keys = list(by_user)
-    data = from_sequences([by_user[k] for k in keys], has_time=True, end_ts=end_ts, keys=keys)
-    data.origin = np.array([i for k in keys for i in where[k]], np.int64)
+                      end_ts: float | None = None, limits: WindowLimits = SERVING_DEFAULTS) -> SeqData:
+    """Event dicts in arrival order -> rows the way the stream applies them (models.features):
+    replays dropped, a user's events split where an idle pause resets the stream's state. `keys`
+    names each row's user (a user may own several rows); `origin` maps events back."""
+    by_user: dict[str, list[int]] = defaultdict(list)
+    evs = events if isinstance(events, list) else list(events)
+    for n, e in enumerate(evs):
+        by_user[e["user_id"]].append(n)
+    rows: list[list[tuple]] = []
+    keys: list[str] = []
+    origin: list[int] = []
+    next_ts: list[float] = []
+    for user, where in by_user.items():
+        ts = np.array([float(evs[n]["ts"]) for n in where])
+        kept = features.applied(ts, [str(evs[n].get("event_id", n)) for n in where], limits)
+        cuts = [0, *features.split_points(ts[kept], limits).tolist(), len(kept)]
+        next_ts.extend([*ts[kept[1:]].tolist(), np.nan])
+        for a, b in zip(cuts, cuts[1:], strict=False):
+            take = [where[int(i)] for i in kept[a:b]]
+            rows.append([encode_event(evs[n], items, categories) for n in take])
+            keys.append(user)
+            origin.extend(take)
+    data = from_sequences(rows, has_time=True, end_ts=end_ts, keys=keys, limits=limits)
+    data.origin = np.array(origin, np.int64)
+    data.next_ts = np.array(next_ts, np.float64)
     return data

@@ -17,6 +17,7 @@ import numpy as np
 from .data import SeqData, Vocab
 from .datasets import build_vocabs, events_to_seqdata, sessions_to_seqdata
 from .evaluate import Predictions, predict
+from .features import SERVING_DEFAULTS, WindowLimits
 from .gru import ClickstreamGRU, GRUConfig
 from .metrics import binary_report, multiclass_report, recall_mrr_at_k
 from .train import TrainConfig, fit, pick_device
@@ -54,8 +55,13 @@ def train_on_events(events: Sequence[Mapping[str, Any]], cfg: GRUConfig, tcfg: T
                     device: str = "auto", min_item_count: int = 1,
                     progress: Callable[[dict[str, Any]], None] | None = None,
                     train_q: float = 0.70, valid_q: float = 0.85,
-                    warm: WarmStart | None = None) -> Trained:
-    """`events`: schema-v1 dicts sorted by time. `cfg.n_items`/`n_categories` are filled in.
+                    warm: WarmStart | None = None, limits: WindowLimits | None = None) -> Trained:
+    """`events`: schema-v1 dicts in arrival order (as the stream reads them; usually sorted by
+    time). `cfg.n_items`/`n_categories` are filled in. Sequences are built the way the stream
+    applies them under `limits` (the service's window_events/window_seconds; see models.features):
+    replays dropped, late events gap 0, windows trimmed, a new sequence after an idle reset.
+    Default: the service's defaults, the time span raised to the churn horizon (a service that
+    forgets users sooner cannot serve that horizon; configure it with at least as long a window).
 
     With `warm` (a champion's model and vocabularies) `cfg` is ignored: the challenger keeps the
     champion's architecture and every item it knew, adds the new items of the training part
@@ -71,7 +77,9 @@ def train_on_events(events: Sequence[Mapping[str, Any]], cfg: GRUConfig, tcfg: T
         init, items, cats = warm.extended([e for e in events if float(e["ts"]) < c1],
                                           min_item_count)
         cfg = init.cfg
-    full = events_to_seqdata(events, items, cats, end_ts=float(ts.max()))
+    if limits is None:
+        limits = replace(SERVING_DEFAULTS, seconds=max(SERVING_DEFAULTS.seconds, cfg.churn_horizon_s))
+    full = events_to_seqdata(events, items, cats, end_ts=float(ts.max()), limits=limits)
     dev = pick_device(device)
     model, report = fit(cfg, full.before(c1), full.before(c2), tcfg, device=str(dev),
                         valid_from_ts=c1, progress=progress, init=init)

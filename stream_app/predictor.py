@@ -7,15 +7,16 @@ vocabularies that translation needs belong to the model version.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from models import features
 from models.checkpoint import CheckpointError, LoadedModel, current_version, load_version
-from models.gru import ClickstreamGRU, Events, sliding_windows
+from models.features import SERVING_DEFAULTS, WindowLimits
+from models.gru import ClickstreamGRU, Events
 from models.train import pick_device
 
 from .hidden_cache import HiddenCache
@@ -86,47 +87,44 @@ class Predictor:
         return i
 
     def step_inputs(self, windows: Sequence[Sequence[WindowEvent]], gaps: Sequence[float]) -> Events:
-        """(B,) inputs for each window's newest event; the item window is its last W events."""
+        """(B,) inputs for each window's newest event (models.features.encode): `gaps` as
+        observe() measured them (0 where the event resets the user); the item window is the
+        stored window's last W events."""
         W = self.model.cfg.window
         cur = [w[-1] for w in windows]
         win = np.zeros((len(windows), W), np.int64)
         for b, w in enumerate(windows):
             tail = w[-W:]
             win[b, W - len(tail):] = [self.item_index(e.item_id) for e in tail]
-        price = np.array([e.price for e in cur], np.float32)
-        return Events(
-            action=torch.tensor([e.action for e in cur]),
-            item=torch.from_numpy(win[:, -1].copy()),
-            category=torch.tensor([self.category_index(e.category_id) for e in cur]),
-            log_gap=torch.tensor([math.log1p(max(g, 0.0)) for g in gaps], dtype=torch.float32),
-            log_price=torch.from_numpy(np.nan_to_num(np.log1p(price), nan=0.0)),
-            has_price=torch.from_numpy((~np.isnan(price)).astype(np.float32)),
-            window=torch.from_numpy(win),
+        return features.encode(
+            np.array([e.action for e in cur], np.int64), win[:, -1],
+            np.array([self.category_index(e.category_id) for e in cur], np.int64),
+            np.asarray(gaps, np.float64), np.array([e.price for e in cur], np.float32), win,
         ).to(self.device)
 
     @torch.no_grad()
-    def rebuild(self, windows: Sequence[Sequence[WindowEvent]]) -> torch.Tensor:
-        """Hidden states (layers, B, H) from scratch over each window (a version swap)."""
+    def rebuild(self, windows: Sequence[Sequence[WindowEvent]],
+                limits: WindowLimits = SERVING_DEFAULTS) -> torch.Tensor:
+        """Hidden states (layers, B, H) from scratch over each window (a version swap): the
+        window is encoded as training encodes a sequence (models.features), from a zero state.
+        Equal to the stepped state when the window holds everything since the user's last reset."""
         h = self.model.init_state(len(windows), self.device)
         by_len: dict[int, list[int]] = {}  # no padding: each length runs as its own batch
         for b, w in enumerate(windows):
             by_len.setdefault(len(w), []).append(b)
         for n, rows in by_len.items():
-            _, _, h_n = self.model(self._sequence_inputs([windows[r] for r in rows], n))
+            _, _, h_n = self.model(self._sequence_inputs([windows[r] for r in rows], n, limits))
             h[:, rows] = h_n
         return h
 
-    def _sequence_inputs(self, windows: Sequence[Sequence[WindowEvent]], n: int) -> Events:
-        item = torch.tensor([[self.item_index(e.item_id) for e in w] for w in windows])
-        ts = np.array([[e.ts for e in w] for w in windows])
-        gap = np.zeros_like(ts)
-        gap[:, 1:] = np.maximum(np.diff(ts, axis=1), 0)
-        price = np.array([[e.price for e in w] for w in windows], np.float32)
-        return Events(
-            action=torch.tensor([[e.action for e in w] for w in windows]), item=item,
-            category=torch.tensor([[self.category_index(e.category_id) for e in w] for w in windows]),
-            log_gap=torch.from_numpy(np.log1p(gap).astype(np.float32)),
-            log_price=torch.from_numpy(np.nan_to_num(np.log1p(price), nan=0.0)),
-            has_price=torch.from_numpy((~np.isnan(price)).astype(np.float32)),
-            window=sliding_windows(item, self.model.cfg.window),
+    def _sequence_inputs(self, windows: Sequence[Sequence[WindowEvent]], n: int,
+                         limits: WindowLimits) -> Events:
+        item = np.array([[self.item_index(e.item_id) for e in w] for w in windows], np.int64)
+        ts = np.array([[e.ts for e in w] for w in windows], np.float64)
+        win = features.windows(torch.from_numpy(item), ts, np.full(len(windows), n),
+                               self.model.cfg.window, limits)
+        return features.encode(
+            np.array([[e.action for e in w] for w in windows], np.int64), item,
+            np.array([[self.category_index(e.category_id) for e in w] for w in windows], np.int64),
+            features.gaps(ts), np.array([[e.price for e in w] for w in windows], np.float32), win,
         ).to(self.device)

@@ -1,17 +1,20 @@
 """Pure scoring: (predictor, states, events) -> (new states, predictions).
 
 A micro-batch may hold several events of one user (a burst, or a backlog after a restart). Each
-user's new events are applied in order as one short sequence: users with the same number of
-events in the batch form a group, and each group is a single call of the model's full-sequence
-forward from the users' current hidden states (cuDNN on a GPU). Running a sequence from h is
-exactly stepping through it event by event (tests/test_model.py proves the two agree), so this
-is the incremental one-step-per-event update, done in as few device calls as possible, however
-skewed the traffic.
+user's new events are applied in order as one short sequence (split where an idle reset starts
+the user afresh): sequences of the same length form a group, and each group is a single call of
+the model's full-sequence forward from the users' current hidden states (cuDNN on a GPU).
+Running a sequence from h is exactly stepping through it event by event (tests/test_model.py
+proves the two agree), so this is the incremental one-step-per-event update, done in as few device
+calls as possible, however skewed the traffic.
 
 A user's hidden state comes from the device cache when it is current, else from the state
 itself, else (a new model version) it is rebuilt from the user's window; a brand-new user starts
-from zeros. Replayed events (already applied) are scored as the prediction that followed the user's
-latest event, and change nothing. No I/O: the agent reads and writes the table and sends the results.
+from zeros, and so does a user whose event comes more than `window_seconds` after their newest
+one (an idle reset: the idle sweep would have deleted the row, and training starts a new sequence
+there; models.features defines the inputs on every path). Replayed events (already applied) are
+scored as the prediction that followed the user's latest event, and change nothing. No I/O: the
+agent reads and writes the table and sends the results.
 
 Online evaluation (online_eval.py): each user's new state keeps the prediction that followed their
 newest applied event, and the batch result pairs every applied event with the prediction that
@@ -28,12 +31,14 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
+from models import features
+from models.features import WindowLimits
 from models.gru import Events, Outputs
 
 from .online_eval import Kept, Pairs, item_hash, stack_kept
 from .predictor import Predictor
 from .records import ACTION_INDEX, Event
-from .state import Observation, StateLimits, UserState, observe
+from .state import Observation, StateLimits, UserState, WindowEvent, observe
 
 
 @dataclass
@@ -62,7 +67,7 @@ class _UserRun:
 
 
 def _gather(p: Predictor, users: list[Hashable], prev: list[UserState | None],
-            stats: dict[str, int]) -> torch.Tensor:
+            stats: dict[str, int], limits: WindowLimits) -> torch.Tensor:
     """(layers, B, H) hidden states before this batch."""
     m = p.model
     h = m.init_state(len(users), p.device)
@@ -86,7 +91,8 @@ def _gather(p: Predictor, users: list[Hashable], prev: list[UserState | None],
         rows = torch.from_numpy(np.stack(host_rows)).view(len(host_pos), m.cfg.layers, m.cfg.hidden)
         h[:, host_pos] = rows.transpose(0, 1).to(p.device)
     if rebuild_pos:
-        h[:, rebuild_pos] = p.rebuild([prev[b].window for b in rebuild_pos])  # type: ignore[union-attr]
+        h[:, rebuild_pos] = p.rebuild([prev[b].window for b in rebuild_pos],  # type: ignore[union-attr]
+                                      limits)
         stats["rebuilt"] += len(rebuild_pos)
     return h
 
@@ -186,6 +192,12 @@ def _online(p: Predictor, events: Sequence[Event], runs: dict[Hashable, _UserRun
     return pairs, kept
 
 
+def _newest_gap(window: Sequence[WindowEvent]) -> float:
+    """The newest event's input gap, as far as the window tells (exact unless the event that set
+    the user's newest time has left the window). A reset event's window holds only itself: 0."""
+    return float(features.gaps(np.array([e.ts for e in window]))[-1]) if len(window) > 1 else 0.0
+
+
 @torch.inference_mode()
 def score_batch(p: Predictor, events: Sequence[Event], states: dict[Hashable, UserState | None],
                 limits: StateLimits, row_keys: Sequence[Hashable] | None = None,
@@ -205,32 +217,52 @@ def score_batch(p: Predictor, events: Sequence[Event], states: dict[Hashable, Us
         (r.replayed if ob.replayed else r.applied).append((i, st, ob))
         stats["late"] += ob.late
     users = list(runs)
-    h0 = _gather(p, users, [runs[u].prev for u in users], stats)
+    wl = WindowLimits(limits.window_events, limits.window_seconds)
+    # a user's applied events run as segments: a new one starts at an idle reset (models.features)
+    segs: dict[int, list[tuple[int, int, int]]] = {}  # length -> [(user column, start, stop)]
+    fresh: set[int] = set()  # users whose first applied event in this batch resets them
+    for b, u in enumerate(users):
+        steps = runs[u].applied
+        cuts = [k for k, (_, _, ob) in enumerate(steps) if ob.gap_s > wl.seconds]
+        if cuts and cuts[0] == 0:
+            fresh.add(b)
+        bounds = [0, *(k for k in cuts if k > 0), len(steps)]
+        for a, z in zip(bounds, bounds[1:], strict=False):
+            if z > a:
+                segs.setdefault(z - a, []).append((b, a, z))
+    h0 = _gather(p, users, [None if b in fresh else runs[u].prev for b, u in enumerate(users)],
+                 stats, wl)
     preds: list[Prediction | None] = [None] * len(events)
     readout = _Readout(p, events, preds)
     final: dict[Hashable, UserState] = {}
     h_fin = h0.clone()  # each user's hidden state after this batch
-    by_len: dict[int, list[int]] = {}
-    for b, u in enumerate(users):
-        if runs[u].applied:
-            by_len.setdefault(len(runs[u].applied), []).append(b)
     heads: list[tuple[list[int], Outputs, torch.Tensor, torch.Tensor]] = []
-    for T, rows in by_len.items():
+    for T, group in segs.items():
         stats["groups"] += 1
-        steps = [s for b in rows for s in runs[users[b]].applied]  # row-major (B, T)
-        x = _reshape(p.step_inputs([st.window for _, st, _ in steps], [ob.gap_s for _, _, ob in steps]),
-                     len(rows), T)
-        out, rq, h_n = p.model(x, h0[:, rows])
+        cols = [b for b, _, _ in group]
+        steps = [s for b, a, z in group for s in runs[users[b]].applied[a:z]]  # row-major (B, T)
+        gaps = [0.0 if ob.gap_s > wl.seconds else ob.gap_s for _, _, ob in steps]
+        x = _reshape(p.step_inputs([st.window for _, st, _ in steps], gaps), len(group), T)
+        h_in = h0[:, cols]
+        later = [j for j, (_, a, _) in enumerate(group) if a > 0]
+        if later:
+            h_in[:, later] = 0.0  # a segment after a reset starts from zeros
+        out, rq, h_n = p.model(x, h_in)
         heads.append(([i for i, _, _ in steps], _flat(out), rq.flatten(0, 1), x.window.flatten(0, 1)))
-        h_fin[:, rows] = h_n
-        h_host = h_n.transpose(0, 1).reshape(len(rows), -1).cpu().numpy()
+        last_seg = [j for j, (b, _, z) in enumerate(group) if z == len(runs[users[b]].applied)]
+        if not last_seg:
+            continue
+        ends = [cols[j] for j in last_seg]
+        h_last = h_n[:, last_seg] if len(last_seg) < len(group) else h_n
+        h_fin[:, ends] = h_last
+        h_host = h_last.transpose(0, 1).reshape(len(ends), -1).cpu().numpy()
         keep_u, keep_n = [], []
-        for j, b in enumerate(rows):
+        for j, b in enumerate(ends):
             last = runs[users[b]].applied[-1][1]
             final[users[b]] = replace(last, hidden=h_host[j].copy(), model_version=p.version)
             keep_u.append(users[b])
             keep_n.append(last.n_events)
-        p.cache.store(keep_u, keep_n, p.version, h_n)
+        p.cache.store(keep_u, keep_n, p.version, h_last)
     online: Pairs | None = None
     if heads:  # one readout for every group: the catalogue-wide top-K is the costly part
         idx = [i for h in heads for i in h[0]]
@@ -246,7 +278,8 @@ def score_batch(p: Predictor, events: Sequence[Event], states: dict[Hashable, Us
         stats["replayed"] = len(replays)
         cols = [b for b, _ in replays]
         wins = [(final.get(users[b]) or runs[users[b]].prev).window for b in cols]  # type: ignore[union-attr]
-        gaps = [w[-1].ts - w[-2].ts if len(w) > 1 else 0.0 for w in wins]
+        # the newest event's gap as observe() gave it, from what the window still holds
+        gaps = [_newest_gap(w) for w in wins]
         x = p.step_inputs(wins, gaps)
         out, rq = p.model.readout(h_fin[:, cols], x)
         readout([i for _, i in replays], out, rq, x.window, True)

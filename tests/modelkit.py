@@ -11,6 +11,7 @@ from clickstream_tools.sources import simulated_events
 from models.checkpoint import load_version, save_version
 from models.data import from_sequences, make_batch
 from models.datasets import encode_event
+from models.features import SERVING_DEFAULTS, WindowLimits
 from models.gru import GRUConfig
 from models.recipes import train_on_events
 from models.train import TrainConfig
@@ -26,9 +27,11 @@ def make_registry(path: Path, users: int = 200, events: int = 6000, seed: int = 
 
 @torch.no_grad()
 def offline_predictions(registry: Path, events: list[dict], version: str | None = None,
-                        top_k: int = 10) -> dict[str, tuple[np.ndarray, float, np.ndarray]]:
+                        top_k: int = 10, limits: WindowLimits = SERVING_DEFAULTS,
+                        ) -> dict[str, tuple[np.ndarray, float, np.ndarray]]:
     """event_id -> (action probs, churn probability, top-k item probabilities) from one full forward pass
-    over each user's whole sequence: the reference the stream must match."""
+    over each user's whole sequence: the reference the stream must match (a worker keeping
+    `limits`: its CLICKSTREAM_WINDOW_EVENTS/_SECONDS)."""
     lm = load_version(registry, version)
     model = lm.model
     by_user: dict[str, list[dict]] = {}
@@ -36,7 +39,7 @@ def offline_predictions(registry: Path, events: list[dict], version: str | None 
         by_user.setdefault(e["user_id"], []).append(e)
     users = list(by_user)
     data = from_sequences([[encode_event(e, lm.items, lm.categories) for e in by_user[u]]
-                           for u in users], has_time=True)
+                           for u in users], has_time=True, limits=limits)
     b = make_batch(data, list(range(len(users))), model.cfg)
     out, rq, _ = model(b.x)
     probs = torch.softmax(out.action_logits, -1).numpy()

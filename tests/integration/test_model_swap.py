@@ -17,6 +17,7 @@ from kafka import KafkaProducer
 
 from clickstream_tools.simulator import SimConfig, Storefront
 from models.checkpoint import current_version, set_current
+from models.features import WindowLimits
 from stream_app.admin import ensure_topics, topic_specs
 from stream_app.config import Settings
 from stream_app.model_bus import announce, pack, publish
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.integration
 
 WINDOW = 20  # CLICKSTREAM_WINDOW_EVENTS (the default): what a swap rebuilds hidden states from
 ENV = {"CLICKSTREAM_PARTITIONS": "4", "CLICKSTREAM_WINDOW_SECONDS": "1e9"}
+LIMITS = WindowLimits(WINDOW, 1e9)  # what ENV makes the worker keep: the references use it too
 
 
 def _event_id(record) -> str:
@@ -137,7 +139,7 @@ def test_swap_under_load_switches_between_batches_and_serves_the_new_model(kafka
     by_user = collections.defaultdict(list)
     for e in sent:
         by_user[e["user_id"]].append(e)
-    ref1 = offline_predictions(served, sent, version=v1)
+    ref1 = offline_predictions(served, sent, version=v1, limits=LIMITS)
     rebuilt, checked = [], []
     for evs in by_user.values():
         first = next((i for i, e in enumerate(evs) if preds[e["event_id"]][0]["model_version"] == v2),
@@ -146,7 +148,7 @@ def test_swap_under_load_switches_between_batches_and_serves_the_new_model(kafka
         checked += evs[first:]
         for e in evs[:first]:
             _same(preds[e["event_id"]][0], ref1[e["event_id"]])
-    ref2 = offline_predictions(author, rebuilt, version=v2)
+    ref2 = offline_predictions(author, rebuilt, version=v2, limits=LIMITS)
     assert len(checked) > 100
     for e in checked:
         _same(preds[e["event_id"]][0], ref2[e["event_id"]])
