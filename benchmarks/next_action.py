@@ -39,7 +39,8 @@ from .baselines import action_markov, position_features
 from .common import DEFAULT_DATA, benchmark_args, environment, stderr_progress, write_json
 
 
-def evaluate_split(events: list, args: argparse.Namespace, train_q: float, valid_q: float) -> dict:
+def evaluate_split(events: list, args: argparse.Namespace, train_q: float, valid_q: float,
+                   seed: int = 0) -> dict:
     """Train the GRU on one temporal split and score it and the baselines on its test positions."""
     cfg = GRUConfig(n_items=0, n_categories=0, emb_dim=args.hidden, hidden=args.hidden,
                     churn_horizon_s=1800.0, item_buckets=256, category_buckets=64, repeat_flag=True,
@@ -48,7 +49,7 @@ def evaluate_split(events: list, args: argparse.Namespace, train_q: float, valid
     # early-stop on the action loss
     tcfg = TrainConfig(epochs=args.epochs, lr=1e-3, w_item=0.05, w_action=1.0, w_churn=0.0,
                        weight_decay=args.weight_decay,
-                       batch_tokens=2048, patience=4, select_on="action")
+                       batch_tokens=2048, patience=4, select_on="action", seed=seed)
     tr = train_on_events(events, cfg, tcfg, device=args.device, min_item_count=args.min_item_count,
                          progress=stderr_progress, train_q=train_q, valid_q=valid_q)
     data, split = tr.data, tr.split
@@ -125,15 +126,29 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--valid-q", type=float, default=0.80)
     # also run this split, for comparison (the earlier 70/85 default); "none" to skip
     ap.add_argument("--compare-split", default="0.70,0.85")
+    # the margin over Markov is a few thousandths of macro-F1: the same split is trained again
+    # with these seeds, and the goal counts as met only when it holds for every one of them
+    ap.add_argument("--seeds", default="0,1,2")
     args = ap.parse_args(argv)
     t0 = time.time()
     env = environment(str(pick_device(args.device)))
     events = read_taobao(args.data / "UserBehavior.csv")
     if args.quick:
         events, args.epochs, args.hidden, args.compare_split = events[:30000], 1, 32, "none"
-    main_run = evaluate_split(events, args, args.train_q, args.valid_q)
+    seeds = [int(s) for s in args.seeds.split(",")] if not args.quick else [0]
+    main_run = evaluate_split(events, args, args.train_q, args.valid_q, seed=seeds[0])
     out = {"benchmark": "next_action", "dataset": "Taobao UserBehavior slice (Alibaba Tianchi)",
            "environment": env, "quick": args.quick, **main_run}
+    per_seed = {seeds[0]: main_run}
+    for seed in seeds[1:]:
+        per_seed[seed] = evaluate_split(events, args, args.train_q, args.valid_q, seed=seed)
+    out["seeds"] = {str(seed): {"goal": r["goal"],
+                                "margins_vs_markov": r["margins_gru_minus_baseline"]["vs_markov_action_gap"],
+                                "epochs_run": r["training"]["epochs_run"]}
+                    for seed, r in per_seed.items()}
+    out["goal"] = {**main_run["goal"],
+                   "every_seed": all(all(r["goal"].values()) for r in per_seed.values()),
+                   "seeds": seeds}
     if args.compare_split != "none":
         q1, q2 = (float(q) for q in args.compare_split.split(","))
         other = evaluate_split(events, args, q1, q2)
