@@ -104,6 +104,7 @@ def run_naive(args: argparse.Namespace) -> None:
     import faust
     import torch
 
+    from models.features import WindowLimits
     from stream_app.predictor import Predictor
     from stream_app.state import StateLimits, observe
 
@@ -131,7 +132,8 @@ def run_naive(args: argparse.Namespace) -> None:
             for w in window:
                 st, _ = observe(st, parse_event(orjson.dumps(w)), limits)
             with torch.no_grad():
-                x = predictor._sequence_inputs([st.window], len(st.window))
+                x = predictor._sequence_inputs([st.window], len(st.window),
+                                               WindowLimits(limits.window_events, limits.window_seconds))
                 o, _, _ = model(x)
                 probs = torch.softmax(o.action_logits[0, -1], -1).tolist()
                 churn = float(torch.sigmoid(o.churn_logit[0, -1]))
