@@ -13,14 +13,21 @@ Kafka keeps per user, not sorted by time:
   a new sequence there (`split_points`);
 - window: after each event, the last `events - 1` events of the previous window that are no more
   than `seconds` older than the newest event, plus the new one (count trim, then time trim: the
-  result is not always a contiguous run of events). The model sees its last W items.
+  result is not always a contiguous run of events). The model sees its last W items;
+- profile (read by a `churn_profile` model's churn head, models.gru.profile_inputs): after each
+  event, the number of events applied since the user's last idle reset (this one included), the
+  newest event's time minus the first's of them, and each action's count among them. Training
+  derives it from a row (`gru.sequence_profile`: running counts, the sum of the gaps); the
+  stream keeps the same three numbers in its UserState and restarts them at a reset (`profile`).
+  It feeds only the churn head, never the hidden state.
 
 `encode` turns arrays of these into `Events`; every path builds its tensors through it, so the
 dtypes and the log scaling agree to the bit. Who calls what: training (models/datasets.py
 `events_to_seqdata`: `applied`, `split_points`; models/data.py `make_batch`: `gaps`, `windows`,
 `encode`), the rebuild after a model swap (stream_app/predictor.py `rebuild`: the same three over
 the stored window) and the stream's step (predictor `step_inputs`: `encode` over observe()'s gap
-and stored window). tests/test_features.py holds the paths equal. Pure numpy/torch.
+and stored window, and `profile` over the state's). tests/test_features.py holds the paths equal.
+Pure numpy/torch.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .gru import Events, sliding_windows
+from .gru import Events, profile_inputs, sliding_windows
 
 
 @dataclass(frozen=True)
@@ -126,10 +133,20 @@ def windows(item: torch.Tensor, ts: np.ndarray, lengths: np.ndarray, W: int,
     return win
 
 
+def profile(n_events: np.ndarray, age_s: np.ndarray, action_counts: np.ndarray) -> torch.Tensor:
+    """(...) events since the reset, (...) seconds from the first of them to the newest,
+    (..., A) counts -> (..., PROFILE_DIM) churn-head profile (`gru.profile_inputs`)."""
+    return profile_inputs(torch.from_numpy(np.asarray(n_events, np.float64)),
+                          torch.from_numpy(np.asarray(age_s, np.float64)),
+                          torch.from_numpy(np.asarray(action_counts, np.float64)))
+
+
 def encode(action: np.ndarray, item: np.ndarray, category: np.ndarray, gap: np.ndarray,
-           price: np.ndarray, window: np.ndarray | torch.Tensor) -> Events:
+           price: np.ndarray, window: np.ndarray | torch.Tensor,
+           profile: torch.Tensor | None = None) -> Events:
     """Arrays of shape (...) (window (..., W)) -> Events. `gap` in seconds, `price` NaN when
-    absent. The one place where gaps and prices are scaled."""
+    absent; `profile` (..., PROFILE_DIM) from `profile` (None: none, as forward from a fresh
+    start derives it). The one place where gaps and prices are scaled."""
     price = np.asarray(price, np.float32)
     gap = np.maximum(np.asarray(gap, np.float64), 0.0)
     return Events(
@@ -140,4 +157,5 @@ def encode(action: np.ndarray, item: np.ndarray, category: np.ndarray, gap: np.n
         log_price=torch.from_numpy(np.nan_to_num(np.log1p(price), nan=0.0).astype(np.float32)),
         has_price=torch.from_numpy((~np.isnan(price)).astype(np.float32)),
         window=torch.as_tensor(window),
+        profile=profile,  # type: ignore[arg-type]
     )

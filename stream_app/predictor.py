@@ -21,7 +21,7 @@ from models.train import pick_device
 
 from .hidden_cache import HiddenCache
 from .online_eval import item_hashes
-from .state import WindowEvent
+from .state import UserState, WindowEvent
 
 log = logging.getLogger(__name__)
 _MEMO_LIMIT = 1_000_000  # id -> index memo entries (the vocabulary itself is fixed per version)
@@ -86,20 +86,27 @@ class Predictor:
             i = self._cat_idx[cat] = self.categories.index(cat)
         return i
 
-    def step_inputs(self, windows: Sequence[Sequence[WindowEvent]], gaps: Sequence[float]) -> Events:
-        """(B,) inputs for each window's newest event (models.features.encode): `gaps` as
-        observe() measured them (0 where the event resets the user); the item window is the
-        stored window's last W events."""
+    def step_inputs(self, states: Sequence[UserState], gaps: Sequence[float]) -> Events:
+        """(B,) inputs for each state's newest event (models.features.encode), the state being
+        observe()'s after that event: `gaps` as observe() measured them (0 where the event resets
+        the user); the item window is the stored window's last W events; a `churn_profile`
+        model also gets the profile the state keeps (events since the reset, newest - first
+        time, action counts)."""
         W = self.model.cfg.window
-        cur = [w[-1] for w in windows]
-        win = np.zeros((len(windows), W), np.int64)
-        for b, w in enumerate(windows):
-            tail = w[-W:]
+        cur = [st.window[-1] for st in states]
+        win = np.zeros((len(states), W), np.int64)
+        for b, st in enumerate(states):
+            tail = st.window[-W:]
             win[b, W - len(tail):] = [self.item_index(e.item_id) for e in tail]
+        profile = None
+        if self.model.cfg.churn_profile:
+            counts = np.array([st.action_counts for st in states], np.float64).reshape(len(states), -1)
+            age = np.array([st.last_seen - st.first_seen for st in states], np.float64)
+            profile = features.profile(counts.sum(1), age, counts)
         return features.encode(
             np.array([e.action for e in cur], np.int64), win[:, -1],
             np.array([self.category_index(e.category_id) for e in cur], np.int64),
-            np.asarray(gaps, np.float64), np.array([e.price for e in cur], np.float32), win,
+            np.asarray(gaps, np.float64), np.array([e.price for e in cur], np.float32), win, profile,
         ).to(self.device)
 
     @torch.no_grad()
@@ -107,7 +114,9 @@ class Predictor:
                 limits: WindowLimits = SERVING_DEFAULTS) -> torch.Tensor:
         """Hidden states (layers, B, H) from scratch over each window (a version swap): the
         window is encoded as training encodes a sequence (models.features), from a zero state.
-        Equal to the stepped state when the window holds everything since the user's last reset."""
+        Equal to the stepped state when the window holds everything since the user's last reset.
+        (A `churn_profile` model's profile feeds only its churn head, not the state: forward
+        derives one from the window, and its heads are not read here.)"""
         h = self.model.init_state(len(windows), self.device)
         by_len: dict[int, list[int]] = {}  # no padding: each length runs as its own batch
         for b, w in enumerate(windows):

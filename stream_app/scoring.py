@@ -223,7 +223,7 @@ def score_batch(p: Predictor, events: Sequence[Event], states: dict[Hashable, Us
     fresh: set[int] = set()  # users whose first applied event in this batch resets them
     for b, u in enumerate(users):
         steps = runs[u].applied
-        cuts = [k for k, (_, _, ob) in enumerate(steps) if ob.gap_s > wl.seconds]
+        cuts = [k for k, (_, _, ob) in enumerate(steps) if ob.reset]
         if cuts and cuts[0] == 0:
             fresh.add(b)
         bounds = [0, *(k for k in cuts if k > 0), len(steps)]
@@ -241,8 +241,8 @@ def score_batch(p: Predictor, events: Sequence[Event], states: dict[Hashable, Us
         stats["groups"] += 1
         cols = [b for b, _, _ in group]
         steps = [s for b, a, z in group for s in runs[users[b]].applied[a:z]]  # row-major (B, T)
-        gaps = [0.0 if ob.gap_s > wl.seconds else ob.gap_s for _, _, ob in steps]
-        x = _reshape(p.step_inputs([st.window for _, st, _ in steps], gaps), len(group), T)
+        gaps = [0.0 if ob.reset else ob.gap_s for _, _, ob in steps]
+        x = _reshape(p.step_inputs([st for _, st, _ in steps], gaps), len(group), T)
         h_in = h0[:, cols]
         later = [j for j, (_, a, _) in enumerate(group) if a > 0]
         if later:
@@ -277,10 +277,10 @@ def score_batch(p: Predictor, events: Sequence[Event], states: dict[Hashable, Us
         # heads on the current hidden state), and nothing moves
         stats["replayed"] = len(replays)
         cols = [b for b, _ in replays]
-        wins = [(final.get(users[b]) or runs[users[b]].prev).window for b in cols]  # type: ignore[union-attr]
+        now = [final.get(users[b]) or runs[users[b]].prev for b in cols]
         # the newest event's gap as observe() gave it, from what the window still holds
-        gaps = [_newest_gap(w) for w in wins]
-        x = p.step_inputs(wins, gaps)
+        gaps = [_newest_gap(st.window) for st in now]  # type: ignore[union-attr]
+        x = p.step_inputs(now, gaps)  # type: ignore[arg-type]
         out, rq = p.model.readout(h_fin[:, cols], x)
         readout([i for _, i in replays], out, rq, x.window, True)
     for u in users:

@@ -4,6 +4,15 @@ and a small profile. Pure data and pure transitions; a compact binary encoding f
 Transition: `observe(state | None, event, limits) -> (state, Observation)`. It updates the window
 and profile; the hidden state is advanced by scoring.py, which owns the model.
 
+Profile (what a `churn_profile` model's churn head reads, models.features.profile): the events
+applied since the user's last idle reset (`action_counts`, summing to that number), the time of
+the first of them (`first_seen`; a late event never moves it back) and of the newest
+(`last_seen`). An event more than `window_seconds` after the newest one restarts the profile, as
+the idle sweep's delete would have and as training starts a new row there. `n_events` counts
+every applied event of the row, resets included (the hidden-state cache keys on it). Rows
+written before this rule may hold counts and a `first_seen` from before a reset (or the earliest
+time rather than the first arrival's) until their next reset.
+
 Late and out-of-order events (policy): events are applied in arrival order, which Kafka keeps
 per user. An event older than the user's latest one gets a time gap of 0 and never moves
 `last_seen` backwards. An event whose id is already in the window is a replay (at-least-once
@@ -79,9 +88,12 @@ class UserState:
 
 @dataclass(frozen=True)
 class Observation:
-    gap_s: float  # seconds since the user's previous event (0 for the first, late or replayed)
+    gap_s: float  # seconds since the user's newest earlier event (0 for the first, late or replayed)
     replayed: bool
     late: bool
+    # more than `window_seconds` after the user's newest event: the user starts afresh (scoring
+    # zeroes the hidden state, the profile restarts; models.features.is_reset)
+    reset: bool = False
 
 
 def event_hash(event_id: str) -> int:
@@ -99,6 +111,7 @@ def observe(state: UserState | None, ev: Event, limits: StateLimits,
         return state, Observation(0.0, replayed=True, late=False)
     late = state.n_events > 0 and ev.ts < state.last_seen
     gap = 0.0 if state.n_events == 0 or late else ev.ts - state.last_seen
+    reset = gap > limits.window_seconds
     last_seen = max(state.last_seen, ev.ts) if state.n_events else ev.ts
     price = math.nan if ev.price is None else ev.price
     new = WindowEvent(ACTION_INDEX[ev.action], ev.ts, price, ev.item_id, ev.category_id, h)
@@ -107,15 +120,18 @@ def observe(state: UserState | None, ev: Event, limits: StateLimits,
     if limits.window_events <= 1:
         keep = ()
     window = tuple(w for w in keep if w.ts >= horizon) + (new,)
-    counts = list(state.action_counts)
+    # the profile (first_seen, action_counts, spend) restarts at a reset, as training starts a
+    # new row there; n_events does not (it keys the hidden-state cache: it must never go back)
+    counts = [0] * len(state.action_counts) if reset else list(state.action_counts)
     counts[new.action] += 1
-    spend = state.spend + (price if ev.action == "purchase" and not math.isnan(price) else 0.0)
+    spend = 0.0 if reset else state.spend
+    spend += price if ev.action == "purchase" and not math.isnan(price) else 0.0
     # the constructor, not dataclasses.replace: this runs once per event (replace costs ~4x)
     return UserState(model_version=state.model_version, hidden=state.hidden,
-                     n_events=state.n_events + 1, first_seen=min(state.first_seen, ev.ts),
+                     n_events=state.n_events + 1, first_seen=ev.ts if reset else state.first_seen,
                      last_seen=last_seen, spend=spend, action_counts=tuple(counts), window=window,
                      offset=max(state.offset, offset),
-                     last_prediction=state.last_prediction), Observation(gap, False, late)
+                     last_prediction=state.last_prediction), Observation(gap, False, late, reset)
 
 
 # --- encoding ------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from models.checkpoint import save_version
 from models.data import Vocab, make_batch
 from models.datasets import events_to_seqdata
 from models.features import SERVING_DEFAULTS, WindowLimits
-from models.gru import ClickstreamGRU, GRUConfig
+from models.gru import ClickstreamGRU, GRUConfig, sequence_profile
 from stream_app.agents import EventPipeline
 from stream_app.config import Settings
 from stream_app.instruments import Metrics
@@ -60,15 +60,16 @@ SEQUENCE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
-    """An untrained model (every input and readout path switched on) in a one-version registry."""
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "churn_profile"])
+def predictor(tmp_path_factory, request):
+    """An untrained model (every input and readout path switched on; with and without the churn
+    head's profile) in a one-version registry."""
     torch.manual_seed(0)
     items = Vocab(tuple(f"i{k}" for k in range(1, 8)), buckets=4)
     cats = Vocab(("c1", "c2", "c3"), buckets=2)
     cfg = GRUConfig(n_items=len(items), n_categories=len(cats), item_buckets=4, category_buckets=2,
                     emb_dim=16, hidden=16, window=4, repeat_flag=True, gap_buckets=True,
-                    window_attention=True, dropout=0.0)
+                    window_attention=True, dropout=0.0, churn_profile=request.param)
     model = ClickstreamGRU(cfg)
     with torch.no_grad():
         for prm in model.parameters():  # break the zero-initialised biases' ties
@@ -90,8 +91,8 @@ def _stream(predictor: Predictor, seq: list[dict], batch: int, monkeypatch) -> t
     calls: list = []
     real = predictor.step_inputs
 
-    def spy(windows, gaps):
-        x = real(windows, gaps)
+    def spy(states, gaps):
+        x = real(states, gaps)
         calls.append(x)
         return x
 
@@ -127,6 +128,7 @@ def _training(predictor: Predictor):
     data = events_to_seqdata(SEQUENCE, predictor.items, predictor.categories, limits=WL)
     b = make_batch(data, list(range(len(data))), model.cfg)
     out, rq, _ = model(b.x)
+    profile = sequence_profile(b.x.action, b.x.log_gap)  # what forward derived
     probs = torch.softmax(out.action_logits, -1)
     churn = torch.sigmoid(out.churn_logit)
     top_p, top_i = model.top_items(out, rq, b.x.window, predictor.k, len(predictor.items))
@@ -136,6 +138,7 @@ def _training(predictor: Predictor):
             n = int(data.origin[data.offsets[r] + t])
             x = {f: getattr(b.x, f)[j, t] for f in ("action", "item", "category", "log_gap",
                                                     "log_price", "has_price", "window")}
+            x["profile"] = profile[j, t]
             top = [(predictor.items.ids[int(i) - 1], float(p))
                    for i, p in zip(top_i[j, t], top_p[j, t], strict=True)]
             rows.append((n, x, {"action": probs[j, t].numpy(), "churn": float(churn[j, t]), "top": top}))
@@ -175,6 +178,13 @@ def test_stream_inputs_equal_training_inputs_exactly(predictor, monkeypatch):
     for key, i, x, _ in _nth(train):  # e1 is applied twice: its id had left the window
         sx = inputs[(key, False)][i]
         for f, v in x.items():
+            if f == "profile":  # training sums float32-rounded gaps: equal to float rounding
+                if predictor.model.cfg.churn_profile:
+                    np.testing.assert_allclose(sx.profile[0].numpy(), v.numpy(), rtol=1e-6,
+                                               err_msg=key)
+                else:
+                    assert sx.profile.shape[-1] == 0
+                continue
             assert torch.equal(getattr(sx, f)[0], v), (key, f, getattr(sx, f)[0], v)
     gaps = {SEQUENCE[n]["event_id"]: math.expm1(float(x["log_gap"])) for n, x, _ in train}
     assert gaps["e3"] == 0.0 and gaps["e8"] == 0.0 and gaps["e10"] == 0.0  # late, late, reset
@@ -240,3 +250,4 @@ def test_churn_labels_see_past_a_reset():
     assert b.churn[0].tolist() == [0.0, 0.0]  # back after 5000 s: within the horizon
     assert b.churn[1].tolist() == [0.0, 1.0]
     assert b.next_item[0, 1].item() == 0  # but nothing to predict across the reset
+

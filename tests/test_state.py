@@ -58,6 +58,18 @@ def test_replayed_event_does_not_advance_state():
     assert ob.replayed and s2 is s1
 
 
+def test_an_idle_reset_restarts_the_profile_not_the_event_count():
+    """The churn head's profile (counts, first time) covers the events since the last reset, as
+    training's rows do; n_events keeps counting (the hidden-state cache keys on it)."""
+    s, obs = run([ev(0, 1e9, "add_to_cart", price=5.0), ev(1, 1e9 + 10, "purchase", price=5.0),
+                  ev(2, 1e9 + 120), ev(3, 1e9 + 115, "purchase", price=2.0), ev(4, 1e9 - 50)])
+    assert [o.reset for o in obs] == [False, False, True, False, False]  # 110 s > 100 s
+    assert s.n_events == 5 and sum(s.action_counts) == 3 and s.action_counts[0] == 2
+    assert s.spend == 2.0
+    # late events (one older than anything seen) never move the first time back
+    assert s.first_seen == 1e9 + 120 and s.last_seen == 1e9 + 120
+
+
 def test_spend_counts_purchases_only():
     s, _ = run([ev(0, 1e9, "add_to_cart", price=5.0), ev(1, 1e9 + 1, "purchase", price=5.0)])
     assert s.spend == 5.0
