@@ -25,9 +25,10 @@ Kafka keeps per user, not sorted by time:
 dtypes and the log scaling agree to the bit. Who calls what: training (models/datasets.py
 `events_to_seqdata`: `applied`, `split_points`; models/data.py `make_batch`: `gaps`, `windows`,
 `encode`), the rebuild after a model swap (stream_app/predictor.py `rebuild`: the same three over
-the stored window) and the stream's step (predictor `step_inputs`: `encode` over observe()'s gap
-and stored window, and `profile` over the state's). tests/test_features.py holds the paths equal.
-Pure numpy/torch.
+the stored window), the stream's step (predictor `step_inputs`: `encode` over observe()'s gap
+and stored window, and `profile` over the state's) and step-by-step evaluation (models/train.py
+`run_incremental`, the retrain judge's path: slices of `make_batch`). tests/test_features.py
+holds the paths equal. Pure numpy/torch.
 """
 
 from __future__ import annotations

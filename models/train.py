@@ -13,15 +13,15 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import IGNORE, Batch, SeqData, batches
-from .gru import ClickstreamGRU, Events, GRUConfig, profile_inputs, sequence_profile
+from .data import IGNORE, Batch, SeqData, batches, make_batch
+from .gru import ClickstreamGRU, Events, GRUConfig, sequence_profile
 
 
 @dataclass(frozen=True)
@@ -288,20 +288,9 @@ def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig
 
 # --- running a trained model ----------------------------------------------------------------
 
-def events_at(data: SeqData, rows: np.ndarray, pos: np.ndarray, window: torch.Tensor,
-              prev_ts: np.ndarray) -> Events:
-    """Step inputs for event `pos[i]` of row `rows[i]` (B,), given the current windows (B, W)."""
-    at = data.offsets[rows] + pos
-    price = data.price[at]
-    gap = np.where((pos > 0) & data.has_time, np.maximum(data.ts[at] - prev_ts, 0.0), 0.0)
-    return Events(
-        action=torch.from_numpy(data.action[at]), item=torch.from_numpy(data.item[at]),
-        category=torch.from_numpy(data.category[at]),
-        log_gap=torch.from_numpy(np.log1p(gap).astype(np.float32)),
-        log_price=torch.from_numpy(np.nan_to_num(np.log1p(price), nan=0.0).astype(np.float32)),
-        has_price=torch.from_numpy((~np.isnan(price)).astype(np.float32)),
-        window=window,
-    )
+def events_at(x: Events, idx: torch.Tensor, t: int) -> Events:
+    """Step inputs (B,) at position t of the rows `idx` (B,) of sequence inputs x (R, T)."""
+    return Events(**{f.name: getattr(x, f.name)[idx, t] for f in fields(x)})
 
 
 @torch.no_grad()
@@ -310,32 +299,24 @@ def run_incremental(model: ClickstreamGRU, data: SeqData, rows: np.ndarray,
                     device: torch.device | str = "cpu") -> None:
     """Feed rows event by event through `model.step` (state carried between steps, exactly as
     the stream does). After each step, `collect(rows, positions, outputs, repeat_query, window)`
-    is called for the rows that had an event at that step."""
+    is called for the rows that had an event at that step. The inputs are training's and the
+    stream's (models.features through make_batch: the gap from the newest earlier event, windows
+    trimmed by count and time under `data.limits`; the profile, for a churn_profile model, as
+    forward derives it: rows start from a fresh state, as the stream's do after an idle reset)."""
     model.eval()
-    W = model.cfg.window
+    rows = np.asarray(rows)
+    if not len(rows):
+        return
     lens = data.lengths()[rows]
-    B = len(rows)
-    h = model.init_state(B, device)
-    window = torch.zeros(B, W, dtype=torch.long, device=device)
-    prev_ts = np.zeros(B)
-    # the profile, as the stream's UserState keeps it: events so far, newest - first time, counts
-    n_ev, age, counts = np.zeros(B), np.zeros(B), np.zeros((B, model.cfg.n_actions))
-    for t in range(int(lens.max()) if B else 0):
+    x = make_batch(data, rows.tolist(), model.cfg).x
+    if model.cfg.churn_profile:
+        x = replace(x, profile=sequence_profile(x.action, x.log_gap, model.cfg.n_actions))
+    x = x.to(device)
+    h = model.init_state(len(rows), device)
+    for t in range(int(lens.max())):
         active = np.nonzero(lens > t)[0]
-        r = rows[active]
-        at = data.offsets[r] + t
         act_t = torch.from_numpy(active).to(device)
-        win = torch.cat([window[act_t, 1:], torch.from_numpy(data.item[at]).to(device)[:, None]], 1)
-        x = events_at(data, r, np.full(len(r), t), win.cpu(), prev_ts[active])
-        if model.cfg.churn_profile:
-            n_ev[active] += 1
-            age[active] += torch.expm1(x.log_gap.double()).numpy()
-            counts[active, data.action[at]] += 1
-            x.profile = profile_inputs(torch.from_numpy(n_ev[active]), torch.from_numpy(age[active]),
-                                       torch.from_numpy(counts[active]))
-        x = x.to(device)
-        out, rq, h_new = model.step(x, h[:, act_t])
+        xt = events_at(x, act_t, t)
+        out, rq, h_new = model.step(xt, h[:, act_t])
         h[:, act_t] = h_new
-        window[act_t] = win
-        prev_ts[active] = data.ts[at]
-        collect(r, np.full(len(r), t), out, rq, win)
+        collect(rows[active], np.full(len(active), t), out, rq, xt.window)

@@ -21,6 +21,7 @@ from models.data import Vocab, make_batch
 from models.datasets import events_to_seqdata
 from models.features import SERVING_DEFAULTS, WindowLimits
 from models.gru import ClickstreamGRU, GRUConfig, sequence_profile
+from models.train import run_incremental
 from stream_app.agents import EventPipeline
 from stream_app.config import Settings
 from stream_app.instruments import Metrics
@@ -251,3 +252,24 @@ def test_churn_labels_see_past_a_reset():
     assert b.churn[1].tolist() == [0.0, 1.0]
     assert b.next_item[0, 1].item() == 0  # but nothing to predict across the reset
 
+
+@torch.no_grad()
+def test_incremental_evaluation_steps_through_the_same_inputs(predictor):
+    """models.train.run_incremental (the retrain judge's step_metrics) steps the stream's inputs:
+    its windows and outputs at every position equal training's forward over the same rows."""
+    model = predictor.model
+    data = events_to_seqdata(SEQUENCE, predictor.items, predictor.categories, limits=WL)
+    b = make_batch(data, list(range(len(data))), model.cfg)
+    out, _, _ = model(b.x)
+    seen = []
+
+    def collect(rows, pos, o, rq, win):
+        for j, (r, t) in enumerate(zip(rows, pos, strict=True)):
+            assert torch.equal(win[j], b.x.window[r, t]), (r, t)
+            assert float(o.churn_logit[j]) == pytest.approx(float(out.churn_logit[r, t]), abs=1e-5)
+            np.testing.assert_allclose(o.action_logits[j].numpy(), out.action_logits[r, t].numpy(),
+                                       atol=1e-5)
+            seen.append((int(r), int(t)))
+
+    run_incremental(model, data, np.arange(len(data)), collect)
+    assert len(seen) == int(data.lengths().sum())
