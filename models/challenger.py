@@ -27,6 +27,7 @@ import torch
 
 from .checkpoint import LoadedModel
 from .evaluate import step_metrics
+from .features import WindowLimits
 from .gru import GRUConfig
 from .recipes import Trained, train_on_events
 from .train import TrainConfig, pick_device
@@ -99,24 +100,28 @@ def decide(champion: Mapping[str, float] | None, challenger: Mapping[str, float]
 
 def challenge(events: Sequence[Mapping[str, Any]], champion: LoadedModel | None, cfg: GRUConfig,
               tcfg: TrainConfig, policy: Policy, device: str = "auto",
-              progress: Callable[[dict[str, Any]], None] | None = None) -> Challenge:
+              progress: Callable[[dict[str, Any]], None] | None = None,
+              limits: WindowLimits | None = None) -> Challenge:
     """Train a challenger on `events` (time-ordered schema-v1 dicts), warm-started from the
-    champion when there is one (`cfg` is then ignored), judge both, decide."""
+    champion when there is one (`cfg` is then ignored), judge both, decide. `limits`: the
+    workers' window (models.features); training and judging both apply it as they do."""
     dev = pick_device(device)
     warm = (WarmStart(champion.model.to("cpu"), champion.items, champion.categories)
             if champion is not None else None)
     trained = train_on_events(events, cfg, tcfg, device=str(dev), progress=progress,
-                              train_q=policy.train_q, valid_q=policy.judge_q, warm=warm)
+                              train_q=policy.train_q, valid_q=policy.judge_q, warm=warm,
+                              limits=limits)
     judged_from = trained.split["valid_before_ts"]
     if champion is not None:
         seen_until = champion.manifest.get("data", {}).get("split", {}).get("valid_before_ts")
         if seen_until is not None:
             judged_from = max(judged_from, float(seen_until))
     challenger = step_metrics(trained.model, trained.items, trained.categories, events,
-                              judged_from, device=dev)
+                              judged_from, device=dev, limits=trained.data.limits)
     if not all(bool(torch.isfinite(t).all()) for t in trained.model.state_dict().values()
                if t.is_floating_point()):
         challenger["non_finite_weights"] = math.inf
     champ = (step_metrics(champion.model, champion.items, champion.categories, events,
-                          judged_from, device=dev) if champion is not None else None)
+                          judged_from, device=dev, limits=trained.data.limits)
+             if champion is not None else None)
     return Challenge(decide(champ, challenger, policy), champ, challenger, trained, judged_from)

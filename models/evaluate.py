@@ -13,6 +13,7 @@ import torch
 
 from .data import IGNORE, SeqData, Vocab, batches
 from .datasets import events_to_seqdata
+from .features import SERVING_DEFAULTS, WindowLimits
 from .gru import ClickstreamGRU, Outputs
 from .metrics import recall_mrr_at_k
 from .train import run_incremental
@@ -73,14 +74,16 @@ def predict(model: ClickstreamGRU, data: SeqData, from_ts: float | None, n_known
 @torch.no_grad()
 def step_metrics(model: ClickstreamGRU, items: Vocab, categories: Vocab,
                  events: Sequence[Mapping[str, Any]], from_ts: float, k: int = 20,
-                 device: torch.device | str = "cpu", rows_per_batch: int = 512) -> dict[str, float]:
+                 device: torch.device | str = "cpu", rows_per_batch: int = 512,
+                 limits: WindowLimits = SERVING_DEFAULTS) -> dict[str, float]:
     """Score `model` the way the stream runs it: each user's events (time-ordered dicts) go
     through `step()` one at a time with the model's own vocabularies (unknown items hash into
     buckets, as in serving); the prediction made at every event with ts >= from_ts is scored
     against the user's next event. Items the model does not know count as misses (a model can
     only recommend what it knows), so models with different vocabularies are judged on the same
-    positions. Returns item hit@k / MRR@k, action log loss and accuracy, and the counts."""
-    data = events_to_seqdata(events, items, categories)
+    positions. `limits`: the stream's window (models.features), so the judge sees what the worker
+    sees. Returns item hit@k / MRR@k, action log loss and accuracy, and the counts."""
+    data = events_to_seqdata(events, items, categories, limits=limits)
     lens = data.lengths()
     n_known = len(items)
     not_items = torch.ones(model.cfg.item_vocab, dtype=torch.bool, device=device)

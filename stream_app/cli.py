@@ -217,9 +217,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             events, bad = jsonl_events(Path(args.source))
             data_desc["rejected_lines"] = bad
-        trained = train_on_events(events, cfg, tcfg, device=args.device, progress=progress)
+        # the window the workers keep (CLICKSTREAM_WINDOW_*): training applies it as they do
+        limits = Settings.from_env().window_limits()
+        if limits.seconds < args.horizon:
+            print(f"warning: CLICKSTREAM_WINDOW_SECONDS={limits.seconds:g} is shorter than the churn "
+                  f"horizon ({args.horizon:g} s): workers forget a user before the horizon passes",
+                  file=sys.stderr)
+        trained = train_on_events(events, cfg, tcfg, device=args.device, progress=progress,
+                                  limits=limits)
         model, items, cats, report = trained.model, trained.items, trained.categories, trained.report
         data_desc |= {"events": len(events), "split": trained.split,
+                      "window_limits": {"events": limits.events, "seconds": limits.seconds},
                       "heads_trained": ["next_item", "next_action", "churn"]}
         metrics = report["test"]
     version = save_version(Path(args.out), model.cpu(), items, cats, data_desc,

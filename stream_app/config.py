@@ -140,6 +140,13 @@ class Settings:
             return faust.SSLCredentials(self.ssl_context())
         return None
 
+    def window_limits(self) -> Any:
+        """The per-user window as models.features applies it (a WindowLimits), so that training
+        and the retrain judge reproduce what this worker keeps."""
+        from models.features import WindowLimits  # torch: only where a model is trained
+
+        return WindowLimits(self.window_events, self.window_seconds)
+
     def with_(self, **changes: Any) -> Settings:
         changes = {k: v for k, v in changes.items() if v is not None}
         return replace(self, **changes)

@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -172,12 +172,14 @@ def run_cycle(settings: Settings, job: RetrainJob, metrics: RetrainMetrics | Non
                        "reason": f"only {len(events)} events in the window (< {MIN_WINDOW_EVENTS})"}
         else:
             ch = challenge(events, champion, job.first_model, job.train,
-                           Policy(margin=settings.retrain_margin), device=job.device)
+                           Policy(margin=settings.retrain_margin), device=job.device,
+                           limits=settings.window_limits())
             record |= {"metrics": ch.record(), "reason": ch.decision.reason}
             if ch.decision.promote:
                 t = ch.trained
                 data = {"source": "kafka", "window": window, "split": t.split,
                         "events": len(events), "warm_start_from": champion_version,
+                        "window_limits": asdict(t.data.limits),
                         "heads_trained": ["next_item", "next_action", "churn"]}
                 version = save_version(
                     registry, t.model.cpu(), t.items, t.categories, data,

@@ -118,3 +118,23 @@ def test_challenge_without_and_with_a_champion():
     # the champion saw the window up to its validation end: nothing of it is judged again
     assert second.judged_from_ts >= first.trained.split["valid_before_ts"]
     assert set(second.record()) >= {"champion", "challenger", "split", "training"}
+
+
+def test_challenge_trains_and_judges_under_the_workers_window():
+    """The retrain worker passes the workers' window (CLICKSTREAM_WINDOW_*): training's rows and
+    the judge's step() both apply it, as a worker keeping that window would."""
+    from models.features import WindowLimits
+    from stream_app.config import Settings
+
+    limits = Settings.from_env({"CLICKSTREAM_WINDOW_EVENTS": "5",
+                                "CLICKSTREAM_WINDOW_SECONDS": "900"}).window_limits()
+    assert limits == WindowLimits(5, 900.0)
+    evs = _events(3000, seed=5)
+    ch = challenge(evs, None, CFG, TrainConfig(epochs=1, batch_tokens=1024), Policy(),
+                   device="cpu", limits=limits)
+    assert ch.trained.data.limits == limits
+    t = ch.trained
+    judged = step_metrics(t.model, t.items, t.categories, evs, ch.judged_from_ts, limits=limits)
+    assert judged == ch.challenger
+    wide = step_metrics(t.model, t.items, t.categories, evs, ch.judged_from_ts)
+    assert wide != ch.challenger  # the window changes what step() sees, so the verdict's inputs
