@@ -178,13 +178,13 @@ def score_stream(registry: Path, device: str, events: list[dict], batch: int
                  ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Scores `events` in batches through score_batch as the worker does (state rows carried
     from batch to batch). Returns (figures, event_id -> action probs + churn probability)."""
+    from models.features import WindowLimits
     from stream_app.predictor import Predictor
     from stream_app.records import Event
     from stream_app.scoring import score_batch
-    from stream_app.state import StateLimits
 
     p = Predictor(registry, device=device)
-    limits = StateLimits(window_events=20, window_seconds=1e9)
+    limits = WindowLimits(events=20, seconds=1e9)
     evs = [Event(d["event_id"], d["user_id"], d["ts"], d["action"], d.get("item_id"),
                  d.get("category_id"), d.get("price"), d.get("session_id"), d.get("query"))
            for d in events]

@@ -106,12 +106,12 @@ def run_naive(args: argparse.Namespace) -> None:
 
     from models.features import WindowLimits
     from stream_app.predictor import Predictor
-    from stream_app.state import StateLimits, observe
+    from stream_app.state import observe
 
     torch.set_num_threads(1)  # as the pipeline worker does by default (CLICKSTREAM_TORCH_THREADS)
     predictor = Predictor(args.model_dir, device="cpu")
     model = predictor.model
-    limits = StateLimits(model.cfg.window, 1e12)
+    limits = WindowLimits(model.cfg.window, 1e12)
     app = faust_app(args)
     src = raw_topic(app, args.input)
     out_a, out_c = raw_topic(app, args.output), raw_topic(app, args.output + ".churn")
@@ -132,8 +132,7 @@ def run_naive(args: argparse.Namespace) -> None:
             for w in window:
                 st, _ = observe(st, parse_event(orjson.dumps(w)), limits)
             with torch.no_grad():
-                x = predictor._sequence_inputs([st.window], len(st.window),
-                                               WindowLimits(limits.window_events, limits.window_seconds))
+                x = predictor._sequence_inputs([st.window], len(st.window), limits)
                 o, _, _ = model(x)
                 probs = torch.softmax(o.action_logits[0, -1], -1).tolist()
                 churn = float(torch.sigmoid(o.churn_logit[0, -1]))

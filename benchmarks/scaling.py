@@ -18,10 +18,11 @@ import numpy as np
 from rocksdict import Rdict
 
 from clickstream_tools.simulator import SimConfig
+from models.features import WindowLimits
 from stream_app.predictor import Predictor
 from stream_app.records import ACTIONS, Event
 from stream_app.scoring import score_batch
-from stream_app.state import StateLimits, UserState, WindowEvent, decode, encode
+from stream_app.state import UserState, WindowEvent, decode, encode
 
 from .common import benchmark_args, environment, write_json
 from .throughput import make_model
@@ -38,7 +39,7 @@ def seed_states(db: Rdict, n: int, version: str, hidden_floats: int, rng: np.ran
 
 def run(p: Predictor, db: Rdict, n_users: int, events: int, batch: int,
         rng: np.random.Generator) -> dict[str, Any]:
-    lim = StateLimits(20, 1e12)
+    lim = WindowLimits(20, 1e12)
     # Zipf-like activity: a few hot users, a long tail (real shops look like this)
     users = np.minimum(rng.zipf(1.2, events) - 1, n_users - 1)
     t0 = time.perf_counter()

@@ -44,7 +44,8 @@ from .gru import Events, profile_inputs, sliding_windows
 
 @dataclass(frozen=True)
 class WindowLimits:
-    """What the stream keeps per user (stream_app.state.StateLimits; the same defaults)."""
+    """What the stream keeps per user (CLICKSTREAM_WINDOW_EVENTS/_SECONDS; stream_app.state
+    `observe` applies it one event at a time)."""
 
     events: int = 20  # N: at least the model's window
     seconds: float = 86400.0  # T: events further behind the newest leave; a longer pause resets
@@ -70,6 +71,14 @@ def is_reset(gap: np.ndarray, limits: WindowLimits) -> np.ndarray:
     return np.asarray(gap) > limits.seconds
 
 
+def _slide(win: list[int], t: int, ts: Sequence[float] | np.ndarray, newest: float,
+           limits: WindowLimits) -> list[int]:
+    """observe's window step, over positions: the last `events - 1` of `win` no more than
+    `seconds` older than `newest`, then `t`."""
+    keep = win[max(0, len(win) - (limits.events - 1)):] if limits.events > 1 else []
+    return [j for j in keep if ts[j] >= newest - limits.seconds] + [t]
+
+
 def window_steps(ts: Sequence[float], limits: WindowLimits) -> list[list[int]]:
     """The stored window after each event of one sequence, as positions (observe's recursion)."""
     out: list[list[int]] = []
@@ -77,8 +86,7 @@ def window_steps(ts: Sequence[float], limits: WindowLimits) -> list[list[int]]:
     newest = -np.inf
     for t, x in enumerate(ts):
         newest = max(newest, x)
-        keep = win[max(0, len(win) - (limits.events - 1)):] if limits.events > 1 else []
-        win = [j for j in keep if ts[j] >= newest - limits.seconds] + [t]
+        win = _slide(win, t, ts, newest, limits)
         out.append(win)
     return out
 
@@ -89,14 +97,13 @@ def applied(ts: np.ndarray, ids: Sequence[str], limits: WindowLimits) -> np.ndar
     if len(set(ids)) == len(ids):
         return np.arange(len(ids))
     kept: list[int] = []
-    win: list[int] = []  # indices into `kept`
+    win: list[int] = []  # positions of the applied events in the window
     newest = -np.inf
     for i, key in enumerate(ids):
-        if any(ids[kept[j]] == key for j in win):
+        if any(ids[j] == key for j in win):
             continue
         newest = max(newest, float(ts[i]))
-        keep = win[max(0, len(win) - (limits.events - 1)):] if limits.events > 1 else []
-        win = [j for j in keep if ts[kept[j]] >= newest - limits.seconds] + [len(kept)]
+        win = _slide(win, i, ts, newest, limits)
         kept.append(i)
     return np.asarray(kept, np.int64)
 

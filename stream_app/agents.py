@@ -40,6 +40,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from faust.types import TP
 
+from models.features import WindowLimits
+
 from .instruments import Metrics
 from .offsets import OffsetHole, OffsetLedger, committed_position
 from .online_eval import Kept, evaluate, evaluate_expired
@@ -56,7 +58,7 @@ from .records import (
     parse_event,
 )
 from .scoring import BatchResult, score_batch
-from .state import StateLimits, UserState, decode, encode, last_seen_of
+from .state import UserState, decode, encode, last_seen_of
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +94,7 @@ class BatchOutput:
 class EventPipeline:
     """Parse, read state, score: (messages) -> BatchOutput. Reads the table; sends nothing."""
 
-    def __init__(self, *, metrics: Metrics, predictor: Predictor, table: Any, limits: StateLimits,
+    def __init__(self, *, metrics: Metrics, predictor: Predictor, table: Any, limits: WindowLimits,
                  dead_letters: str, next_action: str, churn: str, valid_events: str | None = None,
                  max_future_s: float = 600.0, breaker_failures: int = 20,
                  clock: Callable[[], float] = time.time,

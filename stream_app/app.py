@@ -20,7 +20,6 @@ from .instruments import Metrics
 from .model_bus import ModelFollower
 from .offsets import LedgerTransport, OffsetLedger
 from .predictor import Predictor
-from .state import StateLimits
 from .tables import StateTable
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,7 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
                                  partitions=settings.partitions))
     pipeline = EventPipeline(  # reads through the rows of batches still being delivered
         metrics=metrics, predictor=predictor, table=PendingRows(table),
-        limits=StateLimits(settings.window_events, settings.window_seconds),
+        limits=settings.window_limits(),
         dead_letters=t.dead_letters, next_action=t.next_action, churn=t.churn,
         valid_events=t.valid_events if settings.emit_valid_events else None,
         max_future_s=settings.max_future_s, breaker_failures=settings.breaker_failures,

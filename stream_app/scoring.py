@@ -38,7 +38,7 @@ from models.gru import Events, Outputs
 from .online_eval import Kept, Pairs, item_hash, stack_kept
 from .predictor import Predictor
 from .records import ACTION_INDEX, Event
-from .state import Observation, StateLimits, UserState, WindowEvent, observe
+from .state import Observation, UserState, WindowEvent, observe
 
 
 @dataclass
@@ -200,7 +200,7 @@ def _newest_gap(window: Sequence[WindowEvent]) -> float:
 
 @torch.inference_mode()
 def score_batch(p: Predictor, events: Sequence[Event], states: dict[Hashable, UserState | None],
-                limits: StateLimits, row_keys: Sequence[Hashable] | None = None,
+                limits: WindowLimits, row_keys: Sequence[Hashable] | None = None,
                 offsets: Sequence[int] | None = None) -> BatchResult:
     """`row_keys[i]` names the state row event i belongs to (default: its user id; the worker uses
     (partition, user id)); `offsets[i]` is its input offset in that row's partition, or -1."""
@@ -217,7 +217,6 @@ def score_batch(p: Predictor, events: Sequence[Event], states: dict[Hashable, Us
         (r.replayed if ob.replayed else r.applied).append((i, st, ob))
         stats["late"] += ob.late
     users = list(runs)
-    wl = WindowLimits(limits.window_events, limits.window_seconds)
     # a user's applied events run as segments: a new one starts at an idle reset (models.features)
     segs: dict[int, list[tuple[int, int, int]]] = {}  # length -> [(user column, start, stop)]
     fresh: set[int] = set()  # users whose first applied event in this batch resets them
@@ -231,7 +230,7 @@ def score_batch(p: Predictor, events: Sequence[Event], states: dict[Hashable, Us
             if z > a:
                 segs.setdefault(z - a, []).append((b, a, z))
     h0 = _gather(p, users, [None if b in fresh else runs[u].prev for b, u in enumerate(users)],
-                 stats, wl)
+                 stats, limits)
     preds: list[Prediction | None] = [None] * len(events)
     readout = _Readout(p, events, preds)
     final: dict[Hashable, UserState] = {}

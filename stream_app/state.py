@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.features import WindowLimits
+
 from .online_eval import Kept
 from .records import ACTION_INDEX, Event
 
@@ -54,12 +56,6 @@ _NO_PRED, _PRED_SAME_VERSION, _PRED_OWN_VERSION = 0, 1, 2
 class NewerStateFormat(RuntimeError):
     """A row written by a newer worker (a rolling deploy in progress). Never overwrite it: this
     worker must not serve the user until it is upgraded, so the event is not acknowledged."""
-
-
-@dataclass(frozen=True)
-class StateLimits:
-    window_events: int = 20  # N: the model's window must not exceed it
-    window_seconds: float = 86400.0  # T: events older than this (behind the newest) leave the window
 
 
 @dataclass(frozen=True)
@@ -100,7 +96,7 @@ def event_hash(event_id: str) -> int:
     return zlib.crc32(event_id.encode()) << 32 | zlib.adler32(event_id.encode())
 
 
-def observe(state: UserState | None, ev: Event, limits: StateLimits,
+def observe(state: UserState | None, ev: Event, limits: WindowLimits,
             offset: int = -1) -> tuple[UserState, Observation]:
     """Apply one event's window and profile effects (not the hidden state). `offset` is the event's
     input offset (in the partition the state row lives in), or -1 when unknown."""
@@ -111,13 +107,13 @@ def observe(state: UserState | None, ev: Event, limits: StateLimits,
         return state, Observation(0.0, replayed=True, late=False)
     late = state.n_events > 0 and ev.ts < state.last_seen
     gap = 0.0 if state.n_events == 0 or late else ev.ts - state.last_seen
-    reset = gap > limits.window_seconds
+    reset = gap > limits.seconds
     last_seen = max(state.last_seen, ev.ts) if state.n_events else ev.ts
     price = math.nan if ev.price is None else ev.price
     new = WindowEvent(ACTION_INDEX[ev.action], ev.ts, price, ev.item_id, ev.category_id, h)
-    horizon = last_seen - limits.window_seconds
-    keep = state.window[max(0, len(state.window) - (limits.window_events - 1)):]
-    if limits.window_events <= 1:
+    horizon = last_seen - limits.seconds
+    keep = state.window[max(0, len(state.window) - (limits.events - 1)):]
+    if limits.events <= 1:
         keep = ()
     window = tuple(w for w in keep if w.ts >= horizon) + (new,)
     # the profile (first_seen, action_counts, spend) restarts at a reset, as training starts a

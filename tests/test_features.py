@@ -26,12 +26,11 @@ from stream_app.agents import EventPipeline
 from stream_app.config import Settings
 from stream_app.instruments import Metrics
 from stream_app.predictor import Predictor
-from stream_app.state import StateLimits, decode
+from stream_app.state import decode
 
 from .test_pipeline import NOW, DictTable, Msg
 
-LIMITS = StateLimits(window_events=6, window_seconds=3600.0)
-WL = WindowLimits(LIMITS.window_events, LIMITS.window_seconds)
+LIMITS = WindowLimits(events=6, seconds=3600.0)
 T0 = NOW - 100_000.0
 
 
@@ -126,7 +125,7 @@ def _stream(predictor: Predictor, seq: list[dict], batch: int, monkeypatch) -> t
 def _training(predictor: Predictor):
     """(event index, inputs at that position, outputs) for every event training keeps."""
     model = predictor.model
-    data = events_to_seqdata(SEQUENCE, predictor.items, predictor.categories, limits=WL)
+    data = events_to_seqdata(SEQUENCE, predictor.items, predictor.categories, limits=LIMITS)
     b = make_batch(data, list(range(len(data))), model.cfg)
     out, rq, _ = model(b.x)
     profile = sequence_profile(b.x.action, b.x.log_gap)  # what forward derived
@@ -154,7 +153,7 @@ def _same_outputs(a: dict, b: dict) -> None:
 
 
 def test_the_sequence_has_what_it_claims():
-    data = events_to_seqdata(SEQUENCE, Vocab((), 4), Vocab((), 2), limits=WL)
+    data = events_to_seqdata(SEQUENCE, Vocab((), 4), Vocab((), 2), limits=LIMITS)
     kept = sorted(data.origin.tolist())
     assert 5 not in kept and 16 not in kept  # the two replays
     assert len(kept) == len(SEQUENCE) - 2
@@ -213,7 +212,7 @@ def test_rebuild_from_the_window_equals_the_stepped_state(predictor, monkeypatch
     _, _, table = _stream(predictor, SEQUENCE[:reset] + part, 1, monkeypatch)
     st = decode(table.get(0, b"u1"))
     assert [w.ts - T0 for w in st.window] == [11_800, 11_810, 11_900, 11_850, 11_910]
-    h = predictor.rebuild([st.window], WL)
+    h = predictor.rebuild([st.window], LIMITS)
     np.testing.assert_allclose(h[:, 0].reshape(-1).numpy(), st.hidden, rtol=1e-5, atol=1e-6)
 
 
@@ -237,14 +236,12 @@ def test_vectorised_windows_follow_the_stream_recursion():
 def test_training_defaults_are_the_services():
     s = Settings()
     assert (SERVING_DEFAULTS.events, SERVING_DEFAULTS.seconds) == (s.window_events, s.window_seconds)
-    assert (SERVING_DEFAULTS.events, SERVING_DEFAULTS.seconds) == (StateLimits().window_events,
-                                                                   StateLimits().window_seconds)
 
 
 def test_churn_labels_see_past_a_reset():
     """A row ends at an idle reset, not the user's data: the label still asks when they came back."""
     evs = [_ev(0, 0), _ev(1, 10), _ev(2, 5010), _ev(3, 5020)]  # a 5000 s pause > the 3600 s window
-    data = events_to_seqdata(evs, Vocab((), 4), Vocab((), 2), end_ts=T0 + 100_000, limits=WL)
+    data = events_to_seqdata(evs, Vocab((), 4), Vocab((), 2), end_ts=T0 + 100_000, limits=LIMITS)
     assert data.lengths().tolist() == [2, 2]
     cfg = GRUConfig(n_items=0, n_categories=0, window=4, churn_horizon_s=7200.0)
     b = make_batch(data, [0, 1], cfg)
@@ -258,7 +255,7 @@ def test_incremental_evaluation_steps_through_the_same_inputs(predictor):
     """models.train.run_incremental (the retrain judge's step_metrics) steps the stream's inputs:
     its windows and outputs at every position equal training's forward over the same rows."""
     model = predictor.model
-    data = events_to_seqdata(SEQUENCE, predictor.items, predictor.categories, limits=WL)
+    data = events_to_seqdata(SEQUENCE, predictor.items, predictor.categories, limits=LIMITS)
     b = make_batch(data, list(range(len(data))), model.cfg)
     out, _, _ = model(b.x)
     seen = []

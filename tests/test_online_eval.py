@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from clickstream_tools.sources import simulated_events
+from models.features import WindowLimits
 from stream_app.instruments import Metrics
 from stream_app.online_eval import (
     Kept,
@@ -22,11 +23,11 @@ from stream_app.online_eval import (
 from stream_app.predictor import Predictor
 from stream_app.records import ACTION_INDEX, ACTIONS, Event
 from stream_app.scoring import score_batch
-from stream_app.state import _HEAD, FORMAT, StateLimits, UserState, WindowEvent, decode, encode
+from stream_app.state import _HEAD, FORMAT, UserState, WindowEvent, decode, encode
 
 from .modelkit import make_registry
 
-LIM = StateLimits(window_events=20, window_seconds=1e9)
+LIM = WindowLimits(events=20, seconds=1e9)
 T0 = 1.7e9
 
 
@@ -204,7 +205,7 @@ def test_the_pipeline_counts_each_prediction_once_and_the_sweep_scores_expired_u
     horizon = predictor.model.cfg.churn_horizon_s
     table = DictTable(active={0})
     pipe = EventPipeline(metrics=Metrics(), predictor=predictor, table=table,
-                         limits=StateLimits(window_events=20, window_seconds=3600.0),
+                         limits=WindowLimits(events=20, seconds=3600.0),
                          dead_letters="dlq", next_action="na", churn="churn", clock=lambda: NOW)
 
     def msg(i, user, ts):

@@ -8,10 +8,11 @@ from dataclasses import dataclass, replace
 import orjson
 import pytest
 
+from models.features import WindowLimits
 from stream_app.agents import EventPipeline, IdleSweep, InfraError
 from stream_app.instruments import Metrics
 from stream_app.predictor import Predictor
-from stream_app.state import FORMAT, NewerStateFormat, StateLimits, decode, encode, last_seen_of
+from stream_app.state import FORMAT, NewerStateFormat, decode, encode, last_seen_of
 
 from .modelkit import make_registry
 
@@ -70,7 +71,7 @@ def predictor(tmp_path_factory):
 
 def make_pipeline(predictor, table, **kw):
     return EventPipeline(metrics=Metrics(), predictor=predictor, table=table,
-                         limits=StateLimits(window_events=20, window_seconds=3600.0),
+                         limits=WindowLimits(events=20, seconds=3600.0),
                          dead_letters="dlq", next_action="na", churn="churn", clock=lambda: NOW, **kw)
 
 

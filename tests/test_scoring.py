@@ -11,11 +11,10 @@ from models.features import WindowLimits
 from stream_app.predictor import Predictor
 from stream_app.records import Event
 from stream_app.scoring import score_batch
-from stream_app.state import StateLimits
 
 from .modelkit import make_registry, offline_predictions
 
-LIM = StateLimits(window_events=20, window_seconds=1e9)
+LIM = WindowLimits(events=20, seconds=1e9)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +52,7 @@ def test_bursts_of_one_user_in_one_batch_equal_one_event_at_a_time(registry):
 
 def test_incremental_stream_equals_offline_forward(registry):
     events, _ = simulated_events(60, 1500, seed=9)
-    ref = offline_predictions(registry, events, limits=WindowLimits(LIM.window_events, LIM.window_seconds))
+    ref = offline_predictions(registry, events, limits=LIM)
     preds, states = stream(Predictor(registry, device="cpu"), events)
     assert len(preds) == len(events)
     for eid, (probs, churn, top) in ref.items():

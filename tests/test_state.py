@@ -8,10 +8,11 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
+from models.features import WindowLimits
 from stream_app.records import Event
-from stream_app.state import StateLimits, UserState, WindowEvent, decode, encode, observe
+from stream_app.state import UserState, WindowEvent, decode, encode, observe
 
-LIM = StateLimits(window_events=3, window_seconds=100.0)
+LIM = WindowLimits(events=3, seconds=100.0)
 
 
 def ev(i, ts, action="view", item="i1", price=None):
@@ -35,7 +36,7 @@ def test_window_keeps_last_n_events_and_profile_counts_everything():
 
 
 def test_window_fills_to_n_before_dropping():
-    lim = StateLimits(window_events=20, window_seconds=1e9)
+    lim = WindowLimits(events=20, seconds=1e9)
     s, _ = run([ev(i, 1e9 + i, item=f"i{i}") for i in range(25)], lim)
     assert [w.item_id for w in s.window] == [f"i{i}" for i in range(5, 25)]
     s, _ = run([ev(i, 1e9 + i, item=f"i{i}") for i in range(11)], lim)
