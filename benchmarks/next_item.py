@@ -107,10 +107,12 @@ def by_target(ranks: np.ndarray, test: list) -> dict[str, dict[str, float]]:
 # Ablations: each row retrains with one part of the default changed, at the same budget
 ABLATIONS: dict[str, dict[str, object]] = {
     "no window attention": {"attention": False},
+    "no newest item in the query": {"last_item": False},
     "with cosine scoring (scale 16)": {"cosine": True},
     "no repeat channel": {"repeat": False},
     "batches of 4096 tokens (the previous default)": {"batch_tokens": 4096},
-    "2,048 negatives sampled by popularity^0.75 (the previous loss)": {"negatives_from": "popularity"},
+    "negatives: the batch's next items only (the previous loss)": {"negatives_from": "in_batch"},
+    "negatives: 2,048 sampled by popularity^0.75 only": {"negatives_from": "popularity"},
     "full softmax, a third of the epochs (about the same wall time)": {
         "negatives": 0, "epochs_fraction": 1 / 3},
 }
@@ -120,11 +122,13 @@ def build_config(args: argparse.Namespace, n_items: int) -> tuple[GRUConfig, Tra
     cfg = GRUConfig(n_items=n_items, n_categories=0, item_buckets=64, category_buckets=1,
                     emb_dim=args.emb, hidden=args.hidden, dropout=args.dropout, window=20,
                     window_attention=args.attention, cosine=args.cosine,
-                    cosine_scale=args.scale, repeat_head=args.repeat)
+                    cosine_scale=args.scale, repeat_head=args.repeat,
+                    last_item_readout=args.last_item)
     tcfg = TrainConfig(epochs=args.epochs, lr=args.lr, w_action=0.0, w_churn=0.0,
                        batch_tokens=args.batch_tokens, max_seconds=args.max_seconds,
                        sampled_negatives=args.negatives, negatives_from=args.negatives_from,
-                       patience=args.patience, lr_decay=args.lr_decay)
+                       patience=args.patience, lr_decay=args.lr_decay,
+                       weight_decay=args.weight_decay)
     return cfg, tcfg
 
 
@@ -168,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--lr-decay", type=float, default=0.5,
                     help="lr factor after each epoch (0.5: +1.4 P@20 / +0.9 MRR@20 over 1.0, measured)")
+    ap.add_argument("--weight-decay", type=float, default=0.0, help="Adam's L2 penalty")
     # ~1,000 positions per update: 4x the updates of 4,096 per epoch at about the same cost per
     # epoch (the sampled softmax's cost is per position); measured in the ablations
     ap.add_argument("--batch-tokens", type=int, default=1024)
@@ -176,15 +181,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=False,
                     help="L2-normalised query and item embeddings, scaled by --scale")
     ap.add_argument("--scale", type=float, default=16.0)
+    ap.add_argument("--last-item", action=argparse.BooleanOptionalAction, default=True,
+                    help="the newest item's embedding in the next-item query (STAMP's short-term memory)")
     ap.add_argument("--repeat", action=argparse.BooleanOptionalAction, default=True,
                     help="repeat channel over the window")
     # a full softmax over 43k items costs about 3x the wall time of a sampled one per epoch on 2
-    # CPU cores and, at equal wall time, ends far behind (see the ablations); the batch's own next
-    # items as negatives (~800 per batch) beat 2,048 popularity-sampled ones, and cost less
+    # CPU cores and, at equal wall time, ends far behind (see the ablations). Negatives: the
+    # batch's own next items (~800 per batch) beat 2,048 popularity-sampled ones; both together
+    # ("mixed") beat either (see the ablations)
     ap.add_argument("--negatives", type=int, default=2048,
                     help="sampled softmax with this many shared negatives per batch (0: full "
-                         "softmax); with --negatives-from in_batch any value > 0 turns it on")
-    ap.add_argument("--negatives-from", choices=["popularity", "in_batch"], default="in_batch")
+                         "softmax; with --negatives-from in_batch any value > 0 turns it on, "
+                         "and only the batch's next items are used)")
+    ap.add_argument("--negatives-from", choices=["popularity", "in_batch", "mixed"], default="mixed")
     ap.add_argument("--train-sessions", type=int, default=None,
                     help="fit on only the N most recent training sessions before the validation "
                          "part (quick experiments; validation stays the last 5%%)")

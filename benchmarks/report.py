@@ -41,6 +41,32 @@ def next_item(d: dict[str, Any]) -> list[str]:
     for name, v in pub.items():
         lines.append(f"| {name} | {v['P@20']:.2f} | {v['MRR@20']:.2f} | published |")
     lines += ["", f"<sub>{_env(d)}</sub>", ""]
+    split = r["clickstream-gru"].get("by_target")
+    if split:
+        seen, new = split["target_in_prefix"], split["target_new"]
+        lines += [f"By target: the {seen['rows']:,} rows whose next item is already in the prefix "
+                  f"{seen['P@20']:.2f} / {seen['MRR@20']:.2f} (Markov "
+                  f"{r['Markov']['by_target']['target_in_prefix']['P@20']:.2f} / "
+                  f"{r['Markov']['by_target']['target_in_prefix']['MRR@20']:.2f}); the {new['rows']:,} "
+                  f"with a new item {new['P@20']:.2f} / {new['MRR@20']:.2f} (Markov "
+                  f"{r['Markov']['by_target']['target_new']['P@20']:.2f} / "
+                  f"{r['Markov']['by_target']['target_new']['MRR@20']:.2f}).", ""]
+    ab = d.get("ablations", {})
+    rows = ab.get("rows") if "rows" in ab else ab
+    if rows and len(rows) > 1:
+        args = ab.get("arguments") or d["arguments"]
+        base = rows["default"]
+        lines += [f"Ablations: each row retrains the default with one part changed, at a reduced "
+                  f"budget ({args.get('train_sessions') or 'all'} training sessions, "
+                  f"{args['epochs']} epochs; validation P@20 / MRR@20, the last 5% of training "
+                  f"sessions; git {str(ab.get('git_sha') or d['environment']['git_sha'])[:10]}).",
+                  "", "| variant | valid P@20 | valid MRR@20 | Δ P@20 | Δ MRR@20 | train s |",
+                  "|---|---|---|---|---|---|"]
+        for name, v in rows.items():
+            lines.append(f"| {name} | {v['valid_P@20']:.2f} | {v['valid_MRR@20']:.2f} | "
+                         f"{v['valid_P@20'] - base['valid_P@20']:+.2f} | "
+                         f"{v['valid_MRR@20'] - base['valid_MRR@20']:+.2f} | {v['train_seconds']:.0f} |")
+        lines.append("")
     return lines
 
 

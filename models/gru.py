@@ -58,6 +58,10 @@ class GRUConfig:
     cosine: bool = False
     cosine_scale: float = 16.0
     repeat_head: bool = True  # False: no repeat channel (gate fixed at 0), for ablations
+    # the newest event's item embedding straight into the next-item query, next to the GRU state
+    # (STAMP's short-term memory): what follows an item depends on exactly which item it was, and
+    # the GRU sees it only through input dropout and a 128 -> H squeeze
+    last_item_readout: bool = False
     # the user's recency/frequency profile (`Events.profile`, see `profile_inputs`: what the
     # stream's UserState keeps) and the current action next to the GRU state in the churn head:
     # a GRU counts tens of events poorly, and "how many events, over how long" is most of what
@@ -145,6 +149,8 @@ class ClickstreamGRU(nn.Module):
             self.att_pos = nn.Parameter(torch.zeros(cfg.window, E))  # slot W-1 is the newest event
             self.att_v = nn.Linear(E, 1, bias=False)
             read = H + E
+        if cfg.last_item_readout:
+            read += E
         self.item_query = nn.Linear(read, E)  # explore: scored against the tied item embeddings
         self.item_bias = nn.Parameter(torch.zeros(cfg.item_vocab))
         self.repeat_query = nn.Linear(H, E)
@@ -192,6 +198,8 @@ class ClickstreamGRU(nn.Module):
         read = o
         if self.cfg.window_attention:
             read = torch.cat([o, self.drop(self._window_context(o, x.window))], dim=-1)
+        if self.cfg.last_item_readout:
+            read = torch.cat([read, self.item_emb(x.item)], dim=-1)
         q = self.item_query(read)
         if self.cfg.cosine:
             q = F.normalize(q, dim=-1) * self.cfg.cosine_scale

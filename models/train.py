@@ -42,7 +42,8 @@ class TrainConfig:
     # from item popularity^0.75 (validation and evaluation always use the full softmax)
     sampled_negatives: int = 0
     # where the sampled softmax's negatives come from: "popularity" (K draws from popularity^0.75)
-    # or "in_batch" (the batch's own next items, each once, as in two-tower retrieval training)
+    # or "in_batch" (the batch's own next items, each once, as in two-tower retrieval training),
+    # or "mixed" (both: the batch's items and K popularity draws, as in mixed negative sampling)
     negatives_from: str = "popularity"
     lr_decay: float = 1.0  # the learning rate is multiplied by this after every epoch
 
@@ -72,30 +73,40 @@ class NegativeSampler:
 
     q: torch.Tensor  # (V,) probability of drawing each index
     k: int
-    in_batch: bool = False
+    source: str = "popularity"  # popularity | in_batch | mixed (see TrainConfig.negatives_from)
     unigram: torch.Tensor | None = None  # (V,) next-item frequencies (in-batch inclusion odds)
 
     @classmethod
     def from_data(cls, train: SeqData, vocab: int, k: int, alpha: float = 0.75,
-                  device: torch.device | str = "cpu", in_batch: bool = False) -> NegativeSampler:
+                  device: torch.device | str = "cpu", source: str = "popularity") -> NegativeSampler:
         counts = np.bincount(train.item[train.item > 0], minlength=vocab)[:vocab].astype(np.float64)
         w = (counts + 1.0) ** alpha
         w[0] = 0.0  # never "no item"
         uni = torch.from_numpy(counts / max(counts.sum(), 1.0)).float().to(device)
-        return cls(torch.from_numpy(w / w.sum()).float().to(device), k, in_batch, uni)
+        if source not in ("popularity", "in_batch", "mixed"):
+            raise ValueError(f"unknown negatives source {source!r}")
+        return cls(torch.from_numpy(w / w.sum()).float().to(device), k, source, uni)
 
-    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(indices (K,), log(K q(index)) (K,)): with replacement, K draws expect K q(j) of j."""
-        idx = torch.multinomial(self.q, self.k, replacement=True)
-        return idx, torch.log(self.q[idx] * self.k)
-
-    def from_targets(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """In-batch negatives: each distinct target once, with log P(j is among the N targets)."""
-        assert self.unigram is not None
-        idx = torch.unique(targets)
-        p = self.unigram[idx].clamp_min(1e-12).double()
-        incl = -torch.expm1(len(targets) * torch.log1p(-p))  # 1 - (1 - p)^N
-        return idx, torch.log(incl.clamp_min(1e-12)).float()
+    def negatives(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices (K',), log of the expected number of times each is drawn (K',)): the logQ
+        correction. Popularity: K draws with replacement (j expected K q(j) times). In-batch:
+        each distinct target of the batch once (j drawn with P(j among the N targets)). Mixed:
+        both, so the expected count is the sum (an index in both parts is kept twice, which is
+        what that expectation counts)."""
+        parts = []
+        if self.source != "popularity":
+            parts.append(torch.unique(targets))
+        if self.source != "in_batch":
+            parts.append(torch.multinomial(self.q, self.k, replacement=True))
+        idx = torch.cat(parts)
+        expected = torch.zeros(len(idx), dtype=torch.float64, device=idx.device)
+        if self.source != "popularity":
+            assert self.unigram is not None
+            p = self.unigram[idx].clamp_min(1e-12).double()
+            expected += -torch.expm1(len(targets) * torch.log1p(-p))  # 1 - (1 - p)^N
+        if self.source != "in_batch":
+            expected += self.k * self.q[idx].double()
+        return idx, torch.log(expected.clamp_min(1e-12)).float()
 
 
 def batch_losses(model: ClickstreamGRU, b: Batch, mask: torch.Tensor | None = None,
@@ -114,8 +125,7 @@ def batch_losses(model: ClickstreamGRU, b: Batch, mask: torch.Tensor | None = No
                         out.repeat_gate[idx])
         neg, neg_log_q = None, None
         if sampler is not None:
-            neg, neg_log_q = (sampler.from_targets(b.next_item[idx]) if sampler.in_batch
-                              else sampler.draw())
+            neg, neg_log_q = sampler.negatives(b.next_item[idx])
         item = -model.item_target_log_prob(sub, rq[idx], b.x.window[idx], b.next_item[idx],
                                            neg, neg_log_q).mean()
     action = F.cross_entropy(out.action_logits[m_act], b.next_action[m_act]) if m_act.any() else zero
@@ -238,7 +248,7 @@ def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     rng = np.random.default_rng(tcfg.seed)
     sampler = (NegativeSampler.from_data(train, cfg.item_vocab, tcfg.sampled_negatives, device=dev,
-                                         in_batch=tcfg.negatives_from == "in_batch")
+                                         source=tcfg.negatives_from)
                if tcfg.sampled_negatives else None)
     best, best_state, bad_epochs = math.inf, None, 0
     history = []

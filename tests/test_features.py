@@ -69,7 +69,8 @@ def predictor(tmp_path_factory, request):
     cats = Vocab(("c1", "c2", "c3"), buckets=2)
     cfg = GRUConfig(n_items=len(items), n_categories=len(cats), item_buckets=4, category_buckets=2,
                     emb_dim=16, hidden=16, window=4, repeat_flag=True, gap_buckets=True,
-                    window_attention=True, dropout=0.0, churn_profile=request.param)
+                    window_attention=True, last_item_readout=True, dropout=0.0,
+                    churn_profile=request.param)
     model = ClickstreamGRU(cfg)
     with torch.no_grad():
         for prm in model.parameters():  # break the zero-initialised biases' ties

@@ -1,6 +1,7 @@
-"""The next-item readout options (window attention, cosine scoring, no repeat channel, in-batch
-negatives) keep the model's contracts: step == forward, the training loss path equals the full
-distribution, serving's top-K is the top of that distribution."""
+"""The next-item readout options (window attention, the newest item in the query, cosine scoring,
+no repeat channel, in-batch and mixed negatives) keep the model's contracts: step == forward,
+the training loss path equals the full distribution, serving's top-K is the top of that
+distribution."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .test_model import CFG, random_data
 VARIANTS = {
     "attention+cosine": replace(CFG, window_attention=True, cosine=True, cosine_scale=12.0),
     "attention": replace(CFG, window_attention=True),
+    "attention+newest item": replace(CFG, window_attention=True, last_item_readout=True),
     "cosine, no repeat": replace(CFG, cosine=True, repeat_head=False),
 }
 
@@ -89,9 +91,9 @@ def test_sampled_softmax_with_cosine_is_exact_when_every_item_is_sampled_once():
 def test_in_batch_negatives_are_the_batch_targets_with_inclusion_odds():
     cfg = VARIANTS["attention+cosine"]
     data = random_data(seed=5, n=30)
-    sampler = NegativeSampler.from_data(data, cfg.item_vocab, 1, in_batch=True)
+    sampler = NegativeSampler.from_data(data, cfg.item_vocab, 1, source="in_batch")
     targets = torch.tensor([3, 3, 7, 9])
-    idx, log_q = sampler.from_targets(targets)
+    idx, log_q = sampler.negatives(targets)
     assert idx.tolist() == [3, 7, 9]
     p = sampler.unigram[idx].double().clamp_min(1e-12)
     torch.testing.assert_close(log_q.double(), torch.log(1 - (1 - p) ** 4), atol=1e-5, rtol=1e-4)
@@ -100,3 +102,17 @@ def test_in_batch_negatives_are_the_batch_targets_with_inclusion_odds():
     loss = batch_losses(model, b, sampler=sampler).item
     loss.backward()
     assert torch.isfinite(loss) and model.item_emb.weight.grad is not None
+
+
+def test_mixed_negatives_are_the_batch_targets_and_popularity_draws_with_summed_odds():
+    cfg = VARIANTS["attention+cosine"]
+    data = random_data(seed=5, n=30)
+    sampler = NegativeSampler.from_data(data, cfg.item_vocab, 50, source="mixed")
+    targets = torch.tensor([3, 3, 7, 9])
+    idx, log_q = sampler.negatives(targets)
+    assert idx[:3].tolist() == [3, 7, 9] and len(idx) == 3 + 50
+    p = sampler.unigram[idx].double().clamp_min(1e-12)
+    expected = 1 - (1 - p) ** 4 + 50 * sampler.q[idx].double()  # expected times each is drawn
+    torch.testing.assert_close(log_q.double(), torch.log(expected), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError):
+        NegativeSampler.from_data(data, cfg.item_vocab, 50, source="uniform")
