@@ -88,7 +88,8 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
         pseudonymise=pseudonymisation.from_key(settings.pseudonym_key),
     )
     delivery = Delivery(app=app, pipeline=pipeline, ledger=app.ledger, metrics=metrics,
-                        bootstrap=settings.bootstrap, client_kwargs=settings.kafka_client_kwargs())
+                        bootstrap=settings.bootstrap, client_kwargs=settings.kafka_client_kwargs(),
+                        max_in_flight=settings.in_flight_batches)
     events = _raw_topic(app, t.events, settings.partitions)
     metrics.info.labels(settings.app_id, __version__).set(1)
     metrics.set_model(predictor.version, str(predictor.device))

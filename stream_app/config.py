@@ -30,6 +30,9 @@ class Settings:
     batch_within_s: float = 0.02  # longest a batch's first event waits for more to arrive
     batch_idle_s: float = 0.002  # a batch closes once no event has arrived for this long
     producer_linger_ms: int = 2  # lets the producer pack a batch's sends into fewer requests
+    # batches whose outputs the broker is still acknowledging while the next one is scored; their
+    # rows are held in memory (PendingRows) until the changelog has them
+    in_flight_batches: int = 2
     fetch_max_wait_ms: int = 50  # longest the broker holds a fetch with no new data (Faust: 1500)
     emit_valid_events: bool = False  # also publish normalised events (for retraining consumers)
     model_dir: Path = Path("var/models")  # model registry (stream-app train --out)
@@ -86,6 +89,8 @@ class Settings:
         if not self.store.startswith("rocksdb:"):
             raise ValueError(f"store {self.store!r}: state rows are kept per partition in RocksDB; "
                              "use rocksdb://")
+        if self.in_flight_batches < 1:
+            raise ValueError(f"in_flight_batches {self.in_flight_batches}: at least 1")
         if self.security_protocol not in SECURITY_PROTOCOLS:
             raise ValueError(f"security_protocol {self.security_protocol!r}: expected one of "
                              f"{SECURITY_PROTOCOLS}")
@@ -169,6 +174,7 @@ class Settings:
             batch_within_s=float(e.get("CLICKSTREAM_BATCH_WITHIN_S", d.batch_within_s)),
             batch_idle_s=float(e.get("CLICKSTREAM_BATCH_IDLE_S", d.batch_idle_s)),
             producer_linger_ms=int(e.get("CLICKSTREAM_PRODUCER_LINGER_MS", d.producer_linger_ms)),
+            in_flight_batches=int(e.get("CLICKSTREAM_IN_FLIGHT_BATCHES", d.in_flight_batches)),
             fetch_max_wait_ms=int(e.get("CLICKSTREAM_FETCH_MAX_WAIT_MS", d.fetch_max_wait_ms)),
             emit_valid_events=e.get("CLICKSTREAM_EMIT_VALID", "0") not in ("0", "false", "no"),
             model_dir=Path(e.get("CLICKSTREAM_MODEL_DIR", str(d.model_dir))),
