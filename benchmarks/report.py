@@ -56,10 +56,12 @@ def next_item(d: dict[str, Any]) -> list[str]:
     if rows and len(rows) > 1:
         args = ab.get("arguments") or d["arguments"]
         base = rows["default"]
-        lines += [f"Ablations: each row retrains the default with one part changed, at a reduced "
-                  f"budget ({args.get('train_sessions') or 'all'} training sessions, "
-                  f"{args['epochs']} epochs; validation P@20 / MRR@20, the last 5% of training "
-                  f"sessions; git {str(ab.get('git_sha') or d['environment']['git_sha'])[:10]}).",
+        n = args.get("train_sessions")
+        budget = f"a reduced budget: {n:,} training sessions, " if n else "all training sessions, "
+        sha = str(ab.get("git_sha") or d["environment"]["git_sha"])[:10]
+        lines += [f"Ablations: each row retrains the default with one part changed, at {budget}"
+                  f"{args['epochs']} epochs; validation P@20 / MRR@20 (the last 5% of training "
+                  f"sessions; git {sha}).",
                   "", "| variant | valid P@20 | valid MRR@20 | Δ P@20 | Δ MRR@20 | train s |",
                   "|---|---|---|---|---|---|"]
         for name, v in rows.items():
