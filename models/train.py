@@ -69,7 +69,8 @@ class LossParts:
 
 @dataclass
 class NegativeSampler:
-    """Shared negatives for a sampled softmax: K item indices per batch, from popularity^alpha."""
+    """Shared negatives for a sampled softmax, per batch: K draws from popularity^alpha, the
+    batch's own next items, or both (`source`)."""
 
     q: torch.Tensor  # (V,) probability of drawing each index
     k: int
