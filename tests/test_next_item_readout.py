@@ -88,15 +88,26 @@ def test_sampled_softmax_with_cosine_is_exact_when_every_item_is_sampled_once():
     torch.testing.assert_close(sampled, full, atol=1e-5, rtol=1e-5)
 
 
-def test_in_batch_negatives_are_the_batch_targets_with_inclusion_odds():
+@pytest.mark.parametrize("source, k", [("in_batch", 1), ("mixed", 50), ("popularity", 50)])
+def test_negatives_carry_the_expected_number_of_draws_as_their_log_q(source, k):
+    """In-batch: each distinct target once, drawn with P(among the N targets); popularity: K
+    draws, j expected K q(j) times; mixed: both parts, the expected counts summed. The loss
+    trains through them."""
     cfg = VARIANTS["attention+cosine"]
     data = random_data(seed=5, n=30)
-    sampler = NegativeSampler.from_data(data, cfg.item_vocab, 1, source="in_batch")
+    sampler = NegativeSampler.from_data(data, cfg.item_vocab, k, source=source)
     targets = torch.tensor([3, 3, 7, 9])
     idx, log_q = sampler.negatives(targets)
-    assert idx.tolist() == [3, 7, 9]
+    batch_part = [3, 7, 9] if source != "popularity" else []
+    assert idx[:len(batch_part)].tolist() == batch_part
+    assert len(idx) == len(batch_part) + (k if source != "in_batch" else 0)
     p = sampler.unigram[idx].double().clamp_min(1e-12)
-    torch.testing.assert_close(log_q.double(), torch.log(1 - (1 - p) ** 4), atol=1e-5, rtol=1e-4)
+    expected = torch.zeros_like(p)
+    if source != "popularity":
+        expected += 1 - (1 - p) ** 4
+    if source != "in_batch":
+        expected += k * sampler.q[idx].double()
+    torch.testing.assert_close(log_q.double(), torch.log(expected), atol=1e-5, rtol=1e-4)
     model = ClickstreamGRU(cfg).train()
     b = make_batch(data, list(range(len(data))), cfg)
     loss = batch_losses(model, b, sampler=sampler).item
@@ -104,15 +115,6 @@ def test_in_batch_negatives_are_the_batch_targets_with_inclusion_odds():
     assert torch.isfinite(loss) and model.item_emb.weight.grad is not None
 
 
-def test_mixed_negatives_are_the_batch_targets_and_popularity_draws_with_summed_odds():
-    cfg = VARIANTS["attention+cosine"]
-    data = random_data(seed=5, n=30)
-    sampler = NegativeSampler.from_data(data, cfg.item_vocab, 50, source="mixed")
-    targets = torch.tensor([3, 3, 7, 9])
-    idx, log_q = sampler.negatives(targets)
-    assert idx[:3].tolist() == [3, 7, 9] and len(idx) == 3 + 50
-    p = sampler.unigram[idx].double().clamp_min(1e-12)
-    expected = 1 - (1 - p) ** 4 + 50 * sampler.q[idx].double()  # expected times each is drawn
-    torch.testing.assert_close(log_q.double(), torch.log(expected), atol=1e-5, rtol=1e-4)
+def test_an_unknown_negatives_source_is_refused():
     with pytest.raises(ValueError):
-        NegativeSampler.from_data(data, cfg.item_vocab, 50, source="uniform")
+        NegativeSampler.from_data(random_data(seed=5, n=30), 100, 50, source="uniform")
