@@ -8,9 +8,12 @@ import socket
 import ssl
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .topics import DEFAULT_PARTITIONS, TopicNames
+
+if TYPE_CHECKING:
+    from models.features import WindowLimits
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -145,7 +148,7 @@ class Settings:
             return faust.SSLCredentials(self.ssl_context())
         return None
 
-    def window_limits(self) -> Any:
+    def window_limits(self) -> WindowLimits:
         """The per-user window as models.features applies it (a WindowLimits), so that training
         and the retrain judge reproduce what this worker keeps."""
         from models.features import WindowLimits  # torch: only where a model is trained

@@ -20,8 +20,8 @@ from models.train import TrainConfig
 from stream_app.admin import ensure_topics, topic_specs
 from stream_app.config import Settings
 
-from .helpers import read_topic, start_worker
-from .test_stream import _by_event, _event_id, _original, _send
+from .helpers import start_worker
+from .test_stream import _original, _predictions_then_stop, _send
 
 pytestmark = pytest.mark.integration
 
@@ -67,13 +67,7 @@ def test_a_churn_profile_model_is_served_as_trained(kafka_bootstrap, namespace, 
     worker = start_worker(kafka_bootstrap, namespace, tmp_path,
                           env={"CLICKSTREAM_PARTITIONS": "4", "CLICKSTREAM_WINDOW_SECONDS": str(SECONDS)},
                           extra_args=["--model-dir", str(registry), "--device", "cpu"])
-    try:
-        na = read_topic(kafka_bootstrap, s.topics.next_action, len(events), timeout=180,
-                        distinct=_event_id)
-        ch = read_topic(kafka_bootstrap, s.topics.churn, len(events), timeout=60, distinct=_event_id)
-    finally:
-        assert worker.stop() == 0, worker.log()[-3000:]
-    na_by, ch_by = _by_event(na), _by_event(ch)
+    na_by, ch_by = _predictions_then_stop(worker, kafka_bootstrap, s.topics, len(events), timeout=180)
     ref = _reference(registry, events)
     assert set(ref) <= set(ch_by) and len(ref) > 0.9 * len(events)
     # the paused users really were reset (the profile restarts there)

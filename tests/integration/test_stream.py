@@ -36,6 +36,18 @@ def _by_event(records) -> dict[str, list[dict]]:
     return out
 
 
+def _predictions_then_stop(worker, bootstrap: str, topics, n: int,
+                           timeout: float) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """Read both prediction topics until each holds `n` distinct events (or time runs out), stop
+    the worker (it must exit cleanly); returns (next action, churn) predictions by event id."""
+    try:
+        na = read_topic(bootstrap, topics.next_action, n, timeout=timeout, distinct=_event_id)
+        ch = read_topic(bootstrap, topics.churn, n, timeout=60, distinct=_event_id)
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
+    return _by_event(na), _by_event(ch)
+
+
 def _send(bootstrap, topic, msgs):
     from kafka import KafkaProducer
 
@@ -110,13 +122,7 @@ def test_stream_predictions_equal_offline_model_and_survive_a_restart(kafka_boot
     shutil.rmtree(tmp_path / "worker-data")
     _send(kafka_bootstrap, s.topics.events, msgs[half:])
     w2 = start_worker(kafka_bootstrap, namespace, tmp_path, env=env, extra_args=args)
-    try:
-        na = read_topic(kafka_bootstrap, s.topics.next_action, len(msgs), timeout=120,
-                        distinct=_event_id)
-        ch = read_topic(kafka_bootstrap, s.topics.churn, len(msgs), timeout=60, distinct=_event_id)
-    finally:
-        assert w2.stop() == 0, w2.log()[-3000:]
-    na_by, ch_by = _by_event(na), _by_event(ch)
+    na_by, ch_by = _predictions_then_stop(w2, kafka_bootstrap, s.topics, len(msgs), timeout=120)
     missing = [e["event_id"] for e in events if e["event_id"] not in na_by]
     if missing:  # say where it went before failing
         dlq = read_topic(kafka_bootstrap, s.topics.dead_letters, 0, timeout=1)
