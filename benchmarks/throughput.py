@@ -205,9 +205,9 @@ def measure_latency(bootstrap: str, mode: str, ns: str, msgs: list[tuple[bytes, 
         done = record_times(bootstrap, out, warm + n, timeout=30 + lead_in_s + duration_s)
     finally:
         stop(proc)
-    fed = [orjson.loads(v)["event_id"].encode() for _, v in msgs[:n]]
-    pairs = np.array([(sent[e], done[e] - sent[e]) for e in fed if e in sent and e in done],
-                     dtype=float).reshape(-1, 2) / 1000.0  # (send time, latency) in seconds
+    fed_ids = [orjson.loads(v)["event_id"].encode() for _, v in msgs[:n]]
+    pairs = np.array([(sent[e], done[e] - sent[e]) for e in fed_ids if e in sent and e in done],
+                     dtype=np.float64).reshape(-1, 2) / 1000.0  # (send time, latency) in seconds
     steady = pairs[pairs[:, 0] >= pairs[:, 0].min() + lead_in_s] if len(pairs) else pairs
     sent_steady = steady[:, 0].max() - steady[:, 0].min() if len(steady) > 1 else 0.0
     return {"offered_events_per_s": rate, "achieved_offer_events_per_s": achieved,
