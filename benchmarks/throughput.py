@@ -12,7 +12,8 @@ one process at a time:
 2. latency: a fresh topic is fed at half of that mode's maximum rate (and, for the pipeline, at
    90% of it too), once the mode has answered 100 warm-up events; latency is the output record's
    Kafka timestamp minus the input record's (both stamped by producers on this machine at send
-   time). The feed runs for a lead-in (5 s) and then the measured window (15 s) without a break:
+   time). The feed runs for a lead-in (5 s) and then the measured window (15 s) without a break
+   (where the input holds fewer events than that at the rate, both shrink in proportion):
    p50/p99 are over the events sent after the lead-in (load held steady), and `from_idle` gives
    them over every event fed, the first seconds after the idle worker meets the load included
    (a worker and broker that have just started are slow for the first second of load: the
@@ -193,6 +194,7 @@ def measure_latency(bootstrap: str, mode: str, ns: str, msgs: list[tuple[bytes, 
     c.close()
     time.sleep(2)
     n = min(len(msgs) - warm, int(rate * (lead_in_s + duration_s)))
+    lead_in_s *= n / max(rate * (lead_in_s + duration_s), 1.0)  # a shorter feed: the same share
     feed = work / "feeder-messages.jsonl"
     write_messages(feed, msgs[:n])
     try:
