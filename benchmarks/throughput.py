@@ -56,13 +56,15 @@ AGENT_STAGES = ("parse", "state_read", "scoring", "encode", "publish", "ack")  #
 PARTITIONS = 8
 
 
-def make_model(path: Path, cfg: SimConfig, hidden: int) -> str:
+def make_model(path: Path, cfg: SimConfig, hidden: int, window_readout: bool = False) -> str:
     """A production-sized model over the simulator's catalogue. Weights are random: speed does
-    not depend on them."""
+    not depend on them. `window_readout`: the next-item readout of `stream-app train
+    --window-readout` (attention over the window, the newest item in the query)."""
     items = Vocab(tuple(f"i{i}" for i in range(cfg.items)), 1024)
     cats = Vocab(tuple(f"c{i}" for i in range(cfg.categories)), 64)
     gcfg = GRUConfig(n_items=len(items), n_categories=len(cats), emb_dim=hidden, hidden=hidden,
-                     repeat_flag=True, gap_buckets=True)
+                     repeat_flag=True, gap_buckets=True, window_attention=window_readout,
+                     last_item_readout=window_readout)
     return save_version(path, ClickstreamGRU(gcfg).eval(), items, cats, {"source": "random"}, {})
 
 
@@ -276,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--latency-seconds", type=float, default=15.0)
+    ap.add_argument("--window-readout", action="store_true",
+                    help="serve a model with the window readout (stream-app train --window-readout)")
     ap.add_argument("--lead-in-seconds", type=float, default=5.0,
                     help="load fed before the latency window opens (reported apart as from_idle)")
     args = ap.parse_args(argv)
@@ -289,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
         sim = SimConfig(users=2000, events=args.events, seed=1)
         msgs = [(k, v) for k, v, _ in messages(sim)]
         model_dir = work / "models"
-        make_model(model_dir, sim, args.hidden)
+        make_model(model_dir, sim, args.hidden, args.window_readout)
         run = f"b{int(time.time())}."
         input_topic = f"{run}clickstream.events"
         ensure_topics(bs, {input_topic: PARTITIONS, f"{run}clickstream.events.dlq": PARTITIONS,
@@ -337,7 +341,8 @@ def main(argv: list[str] | None = None) -> None:
                                     "hidden": args.hidden, "users": sim.users,
                                     "latency_seconds": args.latency_seconds,
                                     "lead_in_seconds": args.lead_in_seconds,
-                                    "model": "random weights, production size"},
+                                    "model": "random weights, production size",
+                                    "window_readout": args.window_readout},
                      "modes": results, "goals": goals})
     plot(results, out.with_suffix(".png"))
     print(orjson.dumps(goals).decode())

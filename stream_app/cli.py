@@ -196,9 +196,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     quick = args.quick
     cfg = GRUConfig(n_items=0, n_categories=0, emb_dim=32 if quick else args.hidden,
                     hidden=32 if quick else args.hidden, churn_horizon_s=args.horizon,
-                    repeat_flag=True, gap_buckets=True)
+                    repeat_flag=True, gap_buckets=True, window_attention=args.window_readout,
+                    last_item_readout=args.window_readout)
     tcfg = TrainConfig(epochs=3 if quick else args.epochs, max_seconds=args.max_seconds,
-                       batch_tokens=1024 if quick else 4096)
+                       batch_tokens=args.batch_tokens or (1024 if quick else 4096),
+                       sampled_negatives=args.negatives,
+                       negatives_from="mixed" if args.negatives else "popularity",
+                       lr_decay=args.lr_decay)
     data_desc: dict = {"source": args.source}
     if args.source == "diginetica":
         train, _ = read_diginetica(SHARED / "diginetica")
@@ -454,6 +458,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-seconds", type=float, help="training wall-clock budget")
     tr.add_argument("--hidden", type=int, default=128)
     tr.add_argument("--horizon", type=float, default=1800.0, help="churn horizon in seconds")
+    # the next-item recipe of benchmarks.next_item (Diginetica): --window-readout --negatives 2048
+    # --batch-tokens 1024 --lr-decay 0.5; off by default: it costs scoring time on every event
+    tr.add_argument("--window-readout", action=argparse.BooleanOptionalAction, default=False,
+                    help="next-item query reads attention over the user's window and the newest "
+                         "item next to the GRU state (more scoring time per event)")
+    tr.add_argument("--negatives", type=int, default=0,
+                    help="item head trained with a sampled softmax: the batch's next items plus "
+                         "N popularity^0.75 draws (0: the full softmax over the catalogue)")
+    tr.add_argument("--batch-tokens", type=int, help="positions per update (default 4096)")
+    tr.add_argument("--lr-decay", type=float, default=1.0,
+                    help="learning-rate factor after each epoch")
     tr.add_argument("--users", type=int, default=2000, help="simulate: concurrent shoppers")
     tr.add_argument("--events", type=int, default=200_000, help="simulate: events")
     tr.set_defaults(func=cmd_train)

@@ -106,3 +106,25 @@ def test_weight_swap_rebuilds_hidden_state_from_the_window(registry, tmp_path):
     had_history = events[300]["user_id"] in states
     assert res.stats["rebuilt"] == int(had_history)
     set_current(registry, old)
+
+
+def test_the_train_command_builds_the_window_readout_recipe_and_the_stream_serves_it(tmp_path):
+    """`stream-app train --window-readout --negatives N`: the Diginetica benchmark's next-item
+    recipe, trained by the service's own command into a registry; the stream's incremental
+    scoring of that model equals its offline forward pass (the window readout reads the stored
+    window, not only the hidden state)."""
+    from stream_app.cli import main
+
+    out = tmp_path / "models"
+    assert main(["train", "--source", "simulate", "--quick", "--out", str(out), "--window-readout",
+                 "--negatives", "64", "--batch-tokens", "512", "--lr-decay", "0.5"]) == 0
+    cfg = Predictor(out, device="cpu").model.cfg
+    assert cfg.window_attention and cfg.last_item_readout
+    events, _ = simulated_events(40, 800, seed=4)
+    ref = offline_predictions(out, events, limits=LIM)
+    preds, _ = stream(Predictor(out, device="cpu"), events)
+    assert len(preds) == len(events)
+    for eid, (probs, churn, top) in ref.items():
+        np.testing.assert_allclose(preds[eid].action_probs, probs, atol=1e-5)
+        assert preds[eid].churn_probability == pytest.approx(churn, abs=1e-5)
+        np.testing.assert_allclose([s for _, s in preds[eid].top_items], top, atol=1e-5)
