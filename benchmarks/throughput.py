@@ -16,8 +16,8 @@ one process at a time:
    (where the input holds fewer events than that at the rate, both shrink in proportion):
    p50/p99 are over the events sent after the lead-in (load held steady), and `from_idle` gives
    them over every event fed, the first seconds after the idle worker meets the load included
-   (a worker and broker that have just started are slow for the first second of load: the
-   worker's produce round trips take up to ~0.4 s then, against a few ms later). The feeder is
+   (the first second of load after the idle wait is the slowest: the worker's produce round
+   trips to the broker are slow then, and fast a moment later). The feeder is
    its own process with a C client (benchmarks/feeder.py); it still shares the 2 cores with the
    broker and the mode: the JSON records the rate it really achieved.
 
