@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from clickstream_tools import broker
@@ -382,6 +383,28 @@ def _speed(v: str) -> str:
     return v
 
 
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(v: str) -> int:
+        try:
+            n = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{v!r}: a whole number") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"{n}: at least {minimum}")
+        return n
+    return parse
+
+
+def _decay(v: str) -> float:
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r}: a number") from None
+    if not 0 < x <= 1:
+        raise argparse.ArgumentTypeError(f"{x:g}: a factor above 0 and at most 1")
+    return x
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stream-app", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -463,11 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--window-readout", action=argparse.BooleanOptionalAction, default=False,
                     help="next-item query reads attention over the user's window and the newest "
                          "item next to the GRU state (more scoring time per event)")
-    tr.add_argument("--negatives", type=int, default=0,
+    tr.add_argument("--negatives", type=_count(0), default=0,
                     help="item head trained with a sampled softmax: the batch's next items plus "
                          "N popularity^0.75 draws (0: the full softmax over the catalogue)")
-    tr.add_argument("--batch-tokens", type=int, help="positions per update (default 4096)")
-    tr.add_argument("--lr-decay", type=float, default=1.0,
+    tr.add_argument("--batch-tokens", type=_count(1), help="positions per update (default 4096)")
+    tr.add_argument("--lr-decay", type=_decay, default=1.0,
                     help="learning-rate factor after each epoch")
     tr.add_argument("--users", type=int, default=2000, help="simulate: concurrent shoppers")
     tr.add_argument("--events", type=int, default=200_000, help="simulate: events")

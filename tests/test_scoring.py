@@ -128,3 +128,14 @@ def test_the_train_command_builds_the_window_readout_recipe_and_the_stream_serve
         np.testing.assert_allclose(preds[eid].action_probs, probs, atol=1e-5)
         assert preds[eid].churn_probability == pytest.approx(churn, abs=1e-5)
         np.testing.assert_allclose([s for _, s in preds[eid].top_items], top, atol=1e-5)
+
+
+@pytest.mark.parametrize("flag,value", [("--negatives", "-1"), ("--negatives", "2k"),
+                                        ("--batch-tokens", "0"), ("--lr-decay", "0"),
+                                        ("--lr-decay", "1.5")])
+def test_the_train_command_refuses_a_recipe_setting_it_cannot_train_with(flag, value, capsys):
+    from stream_app.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["train", "--out", "x", flag, value])
+    assert exit_.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
