@@ -30,6 +30,18 @@ def test_next_item_quick(tmp_path):
     assert r["clickstream-gru"]["P@20"] > r["POP"]["P@20"]
 
 
+def test_next_item_quick_on_another_shop(tmp_path):
+    """The same command on the Taobao slice's next category: no published table or Diginetica
+    goal; the bar there is S-POP and Markov, said per baseline and metric."""
+    d = _run("benchmarks.next_item", tmp_path / "nt.json", "--format", "taobao-category")
+    assert d["dataset"].startswith("Taobao") and "goal" not in d and "published" not in d
+    assert d["test_target_in_prefix_share"] > 0.3  # the repeat-heavy shop
+    b, r = d["beats_baselines"], d["results"]
+    assert b["S-POP"]["MRR@20"] == (r["clickstream-gru"]["MRR@20"] > r["S-POP"]["MRR@20"])
+    assert b["all"] == all(b[x][m] for x in ("S-POP", "Markov") for m in ("P@20", "MRR@20"))
+    assert "ablations" not in d or set(d["ablations"]) == {"default"}  # Diginetica's not copied
+
+
 def test_next_action_quick(tmp_path):
     d = _run("benchmarks.next_action", tmp_path / "na.json")
     assert set(d["results"]) == {"base_rate", "markov_action_gap", "clickstream-gru"}
