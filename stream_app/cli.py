@@ -203,7 +203,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                        batch_tokens=args.batch_tokens or (1024 if quick else 4096),
                        sampled_negatives=args.negatives,
                        negatives_from="mixed" if args.negatives else "popularity",
-                       lr_decay=args.lr_decay)
+                       lr_decay=args.lr_decay, weight_decay=args.weight_decay)
     data_desc: dict = {"source": args.source}
     if args.source == "diginetica":
         train, _ = read_diginetica(SHARED / "diginetica")
@@ -236,8 +236,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                       "heads_trained": ["next_item", "next_action", "churn"]}
         metrics = report["test"]
     version = save_version(Path(args.out), model.cpu(), items, cats, data_desc,
-                           {"test": metrics, "training": {k: report[k] for k in
-                            ("epochs_run", "best_valid_loss", "train_seconds", "device")}})
+                           {"test": metrics, "training": {k: report[k] for k in  # + the recipe
+                            ("epochs_run", "best_valid_loss", "train_seconds", "device",
+                             "train_config")}})
     print(f"device {pick_device(args.device)}; test metrics: {metrics}")
     print(f"saved version {version} in {args.out}")
     return 0
@@ -405,6 +406,16 @@ def _decay(v: str) -> float:
     return x
 
 
+def _non_negative(v: str) -> float:
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r}: a number") from None
+    if not x >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{x:g}: at least 0")
+    return x
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stream-app", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -482,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--hidden", type=int, default=128)
     tr.add_argument("--horizon", type=float, default=1800.0, help="churn horizon in seconds")
     # the next-item recipe of benchmarks.next_item (Diginetica): --window-readout --negatives 2048
-    # --batch-tokens 1024 --lr-decay 0.5; off by default: it costs scoring time on every event
+    # --batch-tokens 1024 --lr-decay 0.5 --weight-decay 1e-5; off by default: the readout costs
+    # scoring time on every event
     tr.add_argument("--window-readout", action=argparse.BooleanOptionalAction, default=False,
                     help="next-item query reads attention over the user's window and the newest "
                          "item next to the GRU state (more scoring time per event)")
@@ -492,6 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-tokens", type=_count(1), help="positions per update (default 4096)")
     tr.add_argument("--lr-decay", type=_decay, default=1.0,
                     help="learning-rate factor after each epoch")
+    tr.add_argument("--weight-decay", type=_non_negative, default=0.0,
+                    help="Adam's L2 penalty (the Diginetica recipe: 1e-5)")
     tr.add_argument("--users", type=int, default=2000, help="simulate: concurrent shoppers")
     tr.add_argument("--events", type=int, default=200_000, help="simulate: events")
     tr.set_defaults(func=cmd_train)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -117,9 +119,14 @@ def test_the_train_command_builds_the_window_readout_recipe_and_the_stream_serve
 
     out = tmp_path / "models"
     assert main(["train", "--source", "simulate", "--quick", "--out", str(out), "--window-readout",
-                 "--negatives", "64", "--batch-tokens", "512", "--lr-decay", "0.5"]) == 0
+                 "--negatives", "64", "--batch-tokens", "512", "--lr-decay", "0.5",
+                 "--weight-decay", "1e-5"]) == 0
     cfg = Predictor(out, device="cpu").model.cfg
     assert cfg.window_attention and cfg.last_item_readout
+    (manifest,) = (out / "versions").glob("*/manifest.json")
+    recipe = json.loads(manifest.read_text())["metrics"]["training"]["train_config"]
+    assert (recipe["sampled_negatives"], recipe["negatives_from"], recipe["batch_tokens"],
+            recipe["lr_decay"], recipe["weight_decay"]) == (64, "mixed", 512, 0.5, 1e-5)
     events, _ = simulated_events(40, 800, seed=4)
     ref = offline_predictions(out, events, limits=LIM)
     preds, _ = stream(Predictor(out, device="cpu"), events)
@@ -132,7 +139,8 @@ def test_the_train_command_builds_the_window_readout_recipe_and_the_stream_serve
 
 @pytest.mark.parametrize("flag,value", [("--negatives", "-1"), ("--negatives", "2k"),
                                         ("--batch-tokens", "0"), ("--lr-decay", "0"),
-                                        ("--lr-decay", "1.5")])
+                                        ("--lr-decay", "1.5"), ("--weight-decay", "-1e-5"),
+                                        ("--weight-decay", "nan")])
 def test_the_train_command_refuses_a_recipe_setting_it_cannot_train_with(flag, value, capsys):
     from stream_app.cli import build_parser
 
