@@ -396,24 +396,22 @@ def _count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def _decay(v: str) -> float:
-    try:
-        x = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{v!r}: a number") from None
-    if not 0 < x <= 1:
-        raise argparse.ArgumentTypeError(f"{x:g}: a factor above 0 and at most 1")
-    return x
+def _real(ok: Callable[[float], bool], wanted: str) -> Callable[[str], float]:
+    """An argparse type: a float for which `ok` holds (nan fails every comparison), else
+    argparse's usage error saying what is `wanted`."""
+    def parse(v: str) -> float:
+        try:
+            x = float(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{v!r}: a number") from None
+        if not ok(x):
+            raise argparse.ArgumentTypeError(f"{x:g}: {wanted}")
+        return x
+    return parse
 
 
-def _non_negative(v: str) -> float:
-    try:
-        x = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{v!r}: a number") from None
-    if not x >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{x:g}: at least 0")
-    return x
+_decay = _real(lambda x: 0 < x <= 1, "a factor above 0 and at most 1")
+_non_negative = _real(lambda x: x >= 0, "at least 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
