@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--events", type=int, default=300_000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--window-readout", action=argparse.BooleanOptionalAction, default=False,
+                    help="the next-item readout of `stream-app train --window-readout` (it feeds the "
+                         "item head only; the churn head shares the GRU it trains)")
     args = ap.parse_args(argv)
     t0 = time.time()
     env = environment(str(pick_device(args.device)))
@@ -127,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     # on it; the ablation rows train the same model without it
     cfg = GRUConfig(n_items=0, n_categories=0, emb_dim=hidden, hidden=hidden,
                     churn_horizon_s=1800.0, item_buckets=256, category_buckets=16, repeat_flag=True,
-                    gap_buckets=True, churn_profile=True)
+                    gap_buckets=True, churn_profile=True, window_attention=args.window_readout,
+                    last_item_readout=args.window_readout)
     tcfg = TrainConfig(epochs=args.epochs, w_item=0.1, w_action=0.1, w_churn=1.0,
                        batch_tokens=4096, patience=4, select_on="churn")
     out = {"benchmark": "churn", "environment": env,

@@ -44,7 +44,8 @@ def evaluate_split(events: list, args: argparse.Namespace, train_q: float, valid
     """Train the GRU on one temporal split and score it and the baselines on its test positions."""
     cfg = GRUConfig(n_items=0, n_categories=0, emb_dim=args.hidden, hidden=args.hidden,
                     churn_horizon_s=1800.0, item_buckets=256, category_buckets=64, repeat_flag=True,
-                    gap_buckets=True, dropout=args.dropout)
+                    gap_buckets=True, dropout=args.dropout, window_attention=args.window_readout,
+                    last_item_readout=args.window_readout)
     # the item head shares the GRU but the goal here is the action head: weight it up, and
     # early-stop on the action loss
     tcfg = TrainConfig(epochs=args.epochs, lr=1e-3, w_item=0.05, w_action=1.0, w_churn=0.0,
@@ -129,6 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     # the margin over Markov is a few thousandths of macro-F1: the same split is trained again
     # with these seeds, and the goal counts as met only when it holds for every one of them
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--window-readout", action=argparse.BooleanOptionalAction, default=False,
+                    help="the next-item readout of `stream-app train --window-readout` (it feeds the "
+                         "item head only; the action head shares the GRU it trains)")
     args = ap.parse_args(argv)
     t0 = time.time()
     env = environment(str(pick_device(args.device)))

@@ -288,15 +288,32 @@ class ClickstreamGRU(nn.Module):
         return torch.log(self.next_item_probs(out, rq, window).clamp_min(1e-30))
 
     def top_items(self, out: Outputs, rq: Tensor, window: Tensor, k: int,
-                  n_known: int | None = None) -> tuple[Tensor, Tensor]:
-        """Serving path: the k most probable next items (probabilities, indices), (B, k) each.
+                  n_known: int | None = None, chunk_elements: int | None = None) -> tuple[Tensor, Tensor]:
+        """Serving path: the k most probable next items (probabilities, indices), (..., k) each.
         With `n_known`, only indices 1..n_known (real catalogue items, not padding or hash
-        buckets) are recommended; the probabilities stay those of `next_item_probs`."""
-        p = self.next_item_probs(out, rq, window)
-        if n_known is None:
-            return p.topk(k, dim=-1)
-        v, i = p[..., 1:1 + n_known].topk(min(k, n_known), dim=-1)
-        return v, i + 1
+        buckets) are recommended; the probabilities stay those of `next_item_probs`.
+
+        Rows go through in chunks of at most `chunk_elements` catalogue-wide probabilities
+        (default: about 1 MB on a CPU, so a chunk's logits stay in cache from the multiply to the
+        top-K; 256 MB on a GPU): memory stays bounded however large the catalogue or batch."""
+        lead = window.shape[:-1]
+        flat = Outputs(*(getattr(out, f.name).reshape(-1, *getattr(out, f.name).shape[len(lead):])
+                         for f in fields(Outputs)))
+        rq, window = rq.reshape(-1, rq.shape[-1]), window.reshape(-1, window.shape[-1])
+        if chunk_elements is None:
+            chunk_elements = 1 << (26 if window.device.type == "cuda" else 18)
+        rows = max(1, chunk_elements // self.cfg.item_vocab)
+        lo, hi = (0, self.cfg.item_vocab) if n_known is None else (1, 1 + n_known)
+        kk = min(k, hi - lo)
+        vals, idx = [], []
+        for s in range(0, max(1, window.shape[0]), rows):  # an empty batch: one empty chunk
+            part = Outputs(*(getattr(flat, f.name)[s:s + rows] for f in fields(Outputs)))
+            p = self.next_item_probs(part, rq[s:s + rows], window[s:s + rows])
+            v, i = p[:, lo:hi].topk(kk, dim=-1)
+            vals.append(v)
+            idx.append(i + lo)
+        v, i = (vals[0], idx[0]) if len(vals) == 1 else (torch.cat(vals), torch.cat(idx))
+        return v.reshape(*lead, kk), i.reshape(*lead, kk)
 
     def item_target_log_prob(self, out: Outputs, rq: Tensor, window: Tensor, target: Tensor,
                              negatives: Tensor | None = None,

@@ -215,13 +215,14 @@ class EventPipeline:
         version = self.predictor.version
         horizon = self.predictor.model.cfg.churn_horizon_s
         msgs = out.messages
-        for (msg, e), p in zip(accepted, result.predictions, strict=True):
+        for (msg, e), (probs, churn, items, item_probs, replayed) in zip(
+                accepted, result.predictions.rows(), strict=True):
             key = e.user_id.encode()  # = msg.key, or its pseudonym
             part = msg.partition
             msgs.append(OutMessage(self.next_action, part, key, next_action_payload(
-                e, version, p.action_probs, p.top_items, now, p.replayed)))
+                e, version, probs, items, item_probs, now, replayed)))
             msgs.append(OutMessage(self.churn, part, key, churn_payload(
-                e, version, p.churn_probability, horizon, now, p.replayed)))
+                e, version, churn, horizon, now, replayed)))
             if self.valid_events is not None:
                 msgs.append(OutMessage(self.valid_events, part, key, e.to_json()))
             if e.ts > self.event_clock.get(part, 0.0):

@@ -8,6 +8,7 @@ dead-letter header and as the Prometheus label, so the set is small and fixed).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -162,15 +163,17 @@ def check_not_future(event: Event, now: float, max_future_s: float) -> None:
 PREDICTION_SCHEMA_VERSION = 1
 
 
-def next_action_payload(event: Event, model_version: str, action_probs: Any,
-                        top_items: list[tuple[str, float]], emitted_ts: float, replayed: bool) -> bytes:
-    """`predictions.next_action` value (key = user_id). See schemas/next_action.schema.json."""
+def next_action_payload(event: Event, model_version: str, action_probs: Sequence[float],
+                        item_ids: Sequence[str], item_probs: Sequence[float], emitted_ts: float,
+                        replayed: bool) -> bytes:
+    """`predictions.next_action` value (key = user_id): `item_ids` best first, `item_probs`
+    their probabilities. See schemas/next_action.schema.json."""
     return orjson.dumps({
         "schema_version": PREDICTION_SCHEMA_VERSION, "event_id": event.event_id,
         "user_id": event.user_id, "event_ts": event.ts, "action": event.action,
         "model_version": model_version,
         "action_probs": {a: float(p) for a, p in zip(ACTIONS, action_probs, strict=True)},
-        "top_items": [{"item_id": i, "score": s} for i, s in top_items],
+        "top_items": [{"item_id": i, "score": s} for i, s in zip(item_ids, item_probs, strict=True)],
         "emitted_ts": emitted_ts, "replayed": replayed,
     })
 

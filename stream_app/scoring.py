@@ -25,7 +25,7 @@ not depend on how events fall into batches.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -43,6 +43,7 @@ from .state import Observation, UserState, WindowEvent, observe
 
 @dataclass
 class Prediction:
+    """One event's prediction: a row of `Predictions`, for tests and tools."""
     event: Event
     model_version: str
     action_probs: np.ndarray  # (A,)
@@ -52,8 +53,50 @@ class Prediction:
 
 
 @dataclass
+class Predictions:
+    """A batch's predictions, one row per input event in input order. Columns, not objects:
+    the agent turns the rows into payloads in one pass (`rows`)."""
+    events: Sequence[Event]
+    model_version: str
+    action_probs: np.ndarray  # (N, A) float32
+    churn: np.ndarray  # (N,) float32
+    top_index: np.ndarray  # (N, K) vocabulary indices, best first
+    top_probs: np.ndarray  # (N, K) float32
+    replayed: np.ndarray  # (N,) bool
+    item_ids: Sequence[str]  # vocabulary index - 1 -> published item id
+
+    @classmethod
+    def empty(cls, events: Sequence[Event], version: str, n_actions: int, k: int,
+              item_ids: Sequence[str]) -> Predictions:
+        n = len(events)
+        return cls(events, version, np.zeros((n, n_actions), np.float32), np.zeros(n, np.float32),
+                   np.zeros((n, k), np.int64), np.zeros((n, k), np.float32), np.zeros(n, bool), item_ids)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def rows(self) -> Iterator[tuple[list[float], float, list[str], list[float], bool]]:
+        """(action probabilities, churn probability, top item ids, their probabilities, replayed)
+        per event, as plain Python values (cheap to serialise)."""
+        ids = self.item_ids
+        tops = [[ids[j - 1] for j in row] for row in self.top_index.tolist()]
+        return zip(self.action_probs.tolist(), self.churn.tolist(), tops, self.top_probs.tolist(),
+                   self.replayed.tolist(), strict=True)
+
+    def __getitem__(self, n: int) -> Prediction:
+        ids = self.item_ids
+        top = [(ids[j - 1], v) for j, v in zip(self.top_index[n].tolist(), self.top_probs[n].tolist(),
+                                               strict=True)]
+        return Prediction(self.events[n], self.model_version, self.action_probs[n],
+                          float(self.churn[n]), top, bool(self.replayed[n]))
+
+    def __iter__(self) -> Iterator[Prediction]:
+        return (self[n] for n in range(len(self)))
+
+
+@dataclass
 class BatchResult:
-    predictions: list[Prediction]  # one per input event, in input order
+    predictions: Predictions  # one row per input event, in input order
     states: dict[Hashable, UserState]  # the final state of every row in the batch
     stats: dict[str, int]
     online: Pairs | None = None  # applied events with the prediction that preceded them
@@ -113,29 +156,26 @@ def _cat(outs: list[Outputs]) -> Outputs:
 
 
 class _Readout:
-    """Turns model outputs for N events into Prediction objects."""
+    """Fills rows of `Predictions` from model outputs."""
 
-    def __init__(self, p: Predictor, events: Sequence[Event], preds: list[Prediction | None]) -> None:
-        self.p, self.events, self.preds = p, events, preds
-        self.ids = p.items.ids
+    def __init__(self, p: Predictor, preds: Predictions) -> None:
+        self.p, self.preds = p, preds
 
     def __call__(self, idx: list[int], out: Outputs, rq: torch.Tensor, window: torch.Tensor,
                  replayed: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Fills the predictions of events `idx`; returns their action probabilities (n, A),
-        churn probabilities (n,) and top-K vocabulary indices (n, K)."""
-        p = self.p
+        """Fills the rows of events `idx`; returns their action probabilities (n, A), churn
+        probabilities (n,) and top-K vocabulary indices (n, K)."""
+        p, preds = self.p, self.preds
         probs = torch.softmax(out.action_logits, -1).cpu().numpy()
-        churn = torch.sigmoid(out.churn_logit).cpu().tolist()
+        churn = torch.sigmoid(out.churn_logit).cpu().numpy()
         top_v, top_i = p.model.top_items(out, rq, window, p.k, len(p.items))
-        # plain floats: cheap to serialise
-        top_np = top_i.cpu().numpy()
-        top_vals, top_idx = top_v.cpu().tolist(), top_np.tolist()
-        ids = self.ids
-        for n, i in enumerate(idx):
-            self.preds[i] = Prediction(self.events[i], p.version, probs[n], churn[n],
-                                       list(zip([ids[j - 1] for j in top_idx[n]], top_vals[n], strict=True)),
-                                       replayed)
-        return probs, np.asarray(churn, np.float32), top_np
+        top = top_i.cpu().numpy()
+        preds.action_probs[idx] = probs
+        preds.churn[idx] = churn
+        preds.top_index[idx] = top
+        preds.top_probs[idx] = top_v.cpu().numpy()
+        preds.replayed[idx] = replayed
+        return probs, churn, top
 
 
 def _online(p: Predictor, events: Sequence[Event], runs: dict[Hashable, _UserRun], users: list[Hashable],
@@ -231,8 +271,8 @@ def score_batch(p: Predictor, events: Sequence[Event], states: dict[Hashable, Us
                 segs.setdefault(z - a, []).append((b, a, z))
     h0 = _gather(p, users, [None if b in fresh else runs[u].prev for b, u in enumerate(users)],
                  stats, limits)
-    preds: list[Prediction | None] = [None] * len(events)
-    readout = _Readout(p, events, preds)
+    preds = Predictions.empty(events, p.version, p.model.cfg.n_actions, p.k, p.items.ids)
+    readout = _Readout(p, preds)
     final: dict[Hashable, UserState] = {}
     h_fin = h0.clone()  # each user's hidden state after this batch
     heads: list[tuple[list[int], Outputs, torch.Tensor, torch.Tensor]] = []
@@ -286,4 +326,4 @@ def score_batch(p: Predictor, events: Sequence[Event], states: dict[Hashable, Us
         prev = runs[u].prev
         if u not in final and prev is not None:
             final[u] = prev  # only replays: unchanged
-    return BatchResult([q for q in preds if q is not None], final, stats, online)
+    return BatchResult(preds, final, stats, online)

@@ -107,6 +107,16 @@ def test_serving_top_items_are_the_top_of_the_full_distribution():
     torch.testing.assert_close(v, full.gather(1, i), atol=1e-6, rtol=1e-5)
     ref = full[:, 1:1 + CFG.n_items].topk(7, dim=-1).values
     torch.testing.assert_close(v, ref, atol=1e-6, rtol=1e-5)
+    # in chunks of 3 rows (memory bound), and with leading (B, T) dimensions: the same answer
+    with torch.no_grad():
+        v3, i3 = model.top_items(out, rq, win, 7, n_known=CFG.n_items, chunk_elements=3 * CFG.item_vocab)
+        _, b2, out2, rq2 = _forward(5)
+        v2, i2 = model.top_items(out2, rq2, b2.x.window, 7, n_known=CFG.n_items, chunk_elements=1)
+    assert v.shape[0] > 3 and torch.equal(i3, i)
+    torch.testing.assert_close(v3, v, atol=1e-6, rtol=1e-5)
+    assert v2.shape == (*b2.x.window.shape[:-1], 7)
+    torch.testing.assert_close(v2.flatten(0, 1), v, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(i2.flatten(0, 1), i, atol=0, rtol=0)
 
 
 def test_sampled_softmax_is_exact_when_every_item_is_sampled_once():

@@ -22,8 +22,9 @@ def schema(name):
 
 def test_prediction_payloads_match_their_schemas():
     e = records.Event("e1", "u1", 1.7e9, "view", "i1")
-    na = orjson.loads(records.next_action_payload(e, "v1", np.full(6, 1 / 6), [("i2", 0.5)], 1.7e9 + 1,
-                                                  False))
+    na = orjson.loads(records.next_action_payload(e, "v1", np.full(6, 1 / 6), ["i2", "i7"], [0.5, 0.25],
+                                                  1.7e9 + 1, False))
+    assert na["top_items"] == [{"item_id": "i2", "score": 0.5}, {"item_id": "i7", "score": 0.25}]
     ch = orjson.loads(records.churn_payload(e, "v1", 0.3, 1800.0, 1.7e9 + 1, True))
     jsonschema.validate(na, schema("next_action.schema.json"))
     jsonschema.validate(ch, schema("churn.schema.json"))
