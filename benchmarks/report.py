@@ -59,9 +59,12 @@ def next_item(d: dict[str, Any]) -> list[str]:
         n = args.get("train_sessions")
         budget = f"a reduced budget: {n:,} training sessions, " if n else "all training sessions, "
         sha = str(ab.get("git_sha") or d["environment"]["git_sha"])[:10]
+        then = args.get("negatives")
+        differs = (f" Their default then had {then:,} sampled negatives (now "
+                   f"{d['arguments']['negatives']:,})." if then != d["arguments"].get("negatives") else "")
         lines += [f"Ablations: each row retrains the default with one part changed, at {budget}"
                   f"{args['epochs']} epochs; validation P@20 / MRR@20 (the last 5% of training "
-                  f"sessions; git {sha}).",
+                  f"sessions; git {sha}).{differs}",
                   "", "| variant | valid P@20 | valid MRR@20 | Δ P@20 | Δ MRR@20 | train s |",
                   "|---|---|---|---|---|---|"]
         for name, v in rows.items():
