@@ -19,7 +19,9 @@ Pure PyTorch: no I/O, no environment, no printing.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
+from operator import itemgetter
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +121,10 @@ class Outputs:
     churn_logit: Tensor  # (...)
     item_query: Tensor  # (..., E): the next-item head's query vector
     repeat_gate: Tensor  # (...), probability mass given to the window
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> Outputs:
+        """The same outputs with `fn` applied to each field (reshape, slice, move)."""
+        return Outputs(*(fn(getattr(self, f.name)) for f in fields(self)))
 
 
 class ClickstreamGRU(nn.Module):
@@ -297,8 +303,7 @@ class ClickstreamGRU(nn.Module):
         (default: about 1 MB on a CPU, so a chunk's logits stay in cache from the multiply to the
         top-K; 256 MB on a GPU): memory stays bounded however large the catalogue or batch."""
         lead = window.shape[:-1]
-        flat = Outputs(*(getattr(out, f.name).reshape(-1, *getattr(out, f.name).shape[len(lead):])
-                         for f in fields(Outputs)))
+        flat = out.map(lambda t: t.reshape(-1, *t.shape[len(lead):]))
         rq, window = rq.reshape(-1, rq.shape[-1]), window.reshape(-1, window.shape[-1])
         if chunk_elements is None:
             chunk_elements = 1 << (26 if window.device.type == "cuda" else 18)
@@ -307,8 +312,8 @@ class ClickstreamGRU(nn.Module):
         kk = min(k, hi - lo)
         vals, idx = [], []
         for s in range(0, max(1, window.shape[0]), rows):  # an empty batch: one empty chunk
-            part = Outputs(*(getattr(flat, f.name)[s:s + rows] for f in fields(Outputs)))
-            p = self.next_item_probs(part, rq[s:s + rows], window[s:s + rows])
+            chunk = itemgetter(slice(s, s + rows))
+            p = self.next_item_probs(flat.map(chunk), chunk(rq), chunk(window))
             v, i = p[:, lo:hi].topk(kk, dim=-1)
             vals.append(v)
             idx.append(i + lo)

@@ -145,10 +145,6 @@ def _reshape(x: Events, B: int, T: int) -> Events:
                      for f in fields(x)})
 
 
-def _flat(o: Outputs) -> Outputs:
-    return Outputs(*(getattr(o, f.name).flatten(0, 1) for f in fields(o)))
-
-
 def _cat(outs: list[Outputs]) -> Outputs:
     if len(outs) == 1:
         return outs[0]
@@ -287,7 +283,8 @@ def score_batch(p: Predictor, events: Sequence[Event], states: dict[Hashable, Us
         if later:
             h_in[:, later] = 0.0  # a segment after a reset starts from zeros
         out, rq, h_n = p.model(x, h_in)
-        heads.append(([i for i, _, _ in steps], _flat(out), rq.flatten(0, 1), x.window.flatten(0, 1)))
+        heads.append(([i for i, _, _ in steps], out.map(lambda t: t.flatten(0, 1)), rq.flatten(0, 1),
+                      x.window.flatten(0, 1)))
         last_seg = [j for j, (b, _, z) in enumerate(group) if z == len(runs[users[b]].applied)]
         if not last_seg:
             continue
