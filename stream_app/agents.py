@@ -6,8 +6,9 @@ One event's path: `clickstream.events` (key = user_id, any partitioner) -> `Even
 (messages + new state rows, nothing sent yet) -> `Delivery.run`:
 
   1. predictions (both topics, in the input event's partition number) and dead letters are sent
-     and every delivery is awaited;
-  2. only then the new state rows go to the changelog, and are awaited;
+     and every delivery is awaited (predictions as one producer batch per topic and partition,
+     batch_send.py);
+  2. only then the new state rows go to the changelog (batched the same way), and are awaited;
   3. only then they are written to the local RocksDB copy;
   4. only then the events are acknowledged, in offset order, and the offset ledger may commit them.
 
@@ -42,6 +43,7 @@ from faust.types import TP
 
 from models.features import WindowLimits
 
+from .batch_send import send_batched
 from .instruments import Metrics
 from .offsets import OffsetHole, OffsetLedger, committed_position
 from .online_eval import Kept, evaluate, evaluate_expired
@@ -309,10 +311,13 @@ class Delivery:
 
     def __init__(self, *, app: Any, pipeline: EventPipeline, ledger: OffsetLedger,
                  metrics: Metrics, bootstrap: str, client_kwargs: dict[str, Any] | None = None,
-                 max_in_flight: int = 2) -> None:
+                 max_in_flight: int = 2, producer: Callable[[], Any] | None = None) -> None:
         if not isinstance(pipeline.table, PendingRows):
             raise TypeError("the pipeline must read state through PendingRows (rows in delivery)")
         self.app = app
+        # the aiokafka producer under Faust's: outputs and state rows go to it as producer batches
+        # (batch_send.py); dead letters go one by one through Faust's, with their fallback
+        self.producer = producer or (lambda: app.producer._ensure_producer())
         self.pipeline = pipeline
         # rows computed but not yet stored: the pipeline reads through them, the sweep skips them
         self.in_flight: PendingRows = pipeline.table
@@ -396,7 +401,10 @@ class Delivery:
             rows.setdefault(p, {})[u.encode()] = v
         self.in_flight.hold(self._seq, rows)  # the next batch reads these before they are stored
         t1 = time.perf_counter()
-        sent = [await self._send(m) for m in out.messages]
+        dead = self.pipeline.dead_letters
+        batched = await send_batched(self.producer(), (m for m in out.messages if m.topic != dead))
+        sent = [b.future for b in batched] + [await self._send(m) for m in out.messages
+                                               if m.topic == dead]
         self._stage["publish"].inc(time.perf_counter() - t1)
         previous = self._tails[-1] if self._tails else None
         self._tails.append(asyncio.get_running_loop().create_task(
@@ -413,12 +421,14 @@ class Delivery:
             if previous is not None:  # the changelog, the local store and the acks go in batch order
                 await previous
             t0 = time.perf_counter()
-            stored = await _all_delivered([await self.table.send(p, k, v)  # 2. the changelog
-                                           for p, kv in rows.items() for k, v in kv.items()])
+            topic = self.table.changelog_topic  # 2. the changelog
+            batches = await send_batched(self.producer(), (OutMessage(topic, p, k, v)
+                                                           for p, kv in rows.items() for k, v in kv.items()))
+            stored = await _all_delivered([b.future for b in batches])
             t1 = time.perf_counter()
             last: dict[int, int] = {}
-            for meta in stored:
-                last[meta.partition] = max(last.get(meta.partition, -1), meta.offset)
+            for b, meta in zip(batches, stored, strict=True):
+                last[b.partition] = max(last.get(b.partition, -1), b.last_offset(meta))
             for p, kv in rows.items():
                 self.table.put_local(p, kv, last.get(p))  # 3. the local copy
             self.in_flight.release(seq, rows)

@@ -23,6 +23,7 @@ from .predictor import Predictor
 from .tables import StateTable
 
 log = logging.getLogger(__name__)
+PRODUCER_BATCH_BYTES = 512 * 1024  # see producer_max_batch_size below
 
 # Stateful names: part of the data, never derived from where a function lives.
 AGENT_NAME = "clickstream-gru.events"
@@ -69,6 +70,9 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
         broker_commit_interval=1.0,
         producer_acks=-1,
         producer_linger_ms=settings.producer_linger_ms,
+        # a micro-batch's records for one partition go as one producer batch (batch_send.py):
+        # room for a full batch of predictions (512 x ~0.6 KB) under the broker's 1 MiB limit
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
         processing_guarantee="at_least_once",  # exactly_once has open upstream bugs
         broker_credentials=settings.faust_credentials(),  # SASL/SSL from the environment
     )

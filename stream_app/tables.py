@@ -6,8 +6,9 @@ partition. Faust's Table API picks a row's partition implicitly (the "current ev
 murmur2 hash of the key); this wrapper names it explicitly, so the agent, the idle sweep and the
 tests all say which partition they mean.
 
-Writes go to the changelog first (`send` returns the delivery future, which the agent awaits
-before acknowledging the input) and are applied to the local RocksDB copy only when the caller
+Writes go to the changelog first (the agent sends a batch's rows to `changelog_topic` itself, as
+producer batches, and awaits them before acknowledging the input; `send` is the one-row path) and
+are applied to the local RocksDB copy only when the caller
 says so (`put_local`, with the changelog offset they were stored at): a local row is never ahead
 of its changelog.
 
@@ -30,6 +31,10 @@ class StateTable:
     @property
     def _store(self) -> Any:
         return self.table.data
+
+    @property
+    def changelog_topic(self) -> str:
+        return self.table.changelog_topic_name
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         return self._store._db_for_partition(partition).get(key)

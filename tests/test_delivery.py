@@ -32,32 +32,56 @@ class Meta:
         self.partition, self.offset = partition, offset
 
 
+class Batch(list):
+    """aiokafka's BatchBuilder as the agent uses it: records appended in order."""
+
+    def append(self, *, key, value, timestamp, headers):  # type: ignore[override]
+        super().append((key, value))
+        return True
+
+
 class Broker:
-    """Every send returns a future the test resolves; the log records what happened, in order."""
+    """The producer: every send (one record, or a batch of them) returns a future the test
+    resolves; the log records what happened, in order."""
 
     def __init__(self) -> None:
         self.log: list[tuple[str, Any]] = []
-        self.pending: list[tuple[str, asyncio.Future]] = []
+        self.pending: list[tuple[list[str], int, asyncio.Future]] = []  # (records, count, future)
         self.offsets: dict[int, int] = {}
 
-    def _future(self, what: str, partition: int) -> asyncio.Future:
+    def _future(self, records: list[str]) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
-        self.pending.append((what, fut))
-        fut.add_done_callback(lambda f: self.log.append(("acked", what)))
+        self.pending.append((records, len(records), fut))
+        fut.add_done_callback(lambda f: self.log.extend(("acked", r) for r in records))
+        for r in records:
+            self.log.append(("sent", r))
         return fut
 
-    async def send(self, topic, key, value, partition, timestamp, headers):  # the producer
-        self.log.append(("sent", f"{topic}:{orjson_id(value)}"))
-        return self._future(f"{topic}:{orjson_id(value)}", partition)
+    async def send(self, topic, key, value, partition, timestamp, headers):  # one record
+        return self._future([label(topic, key, value)])
+
+    def create_batch(self) -> Batch:
+        return Batch()
+
+    async def send_batch(self, batch, topic, *, partition):
+        return self._future([label(topic, k, v) for k, v in batch])
 
     def resolve(self, prefix: str) -> int:
+        """Acknowledge the sends holding a record whose label starts with `prefix`."""
         n = 0
-        for what, fut in self.pending:
-            if what.startswith(prefix) and not fut.done():
-                o = self.offsets[0] = self.offsets.get(0, -1) + 1
-                fut.set_result(Meta(0, o))
+        for records, count, fut in self.pending:
+            if any(r.startswith(prefix) for r in records) and not fut.done():
+                base = self.offsets.get(0, -1) + 1
+                self.offsets[0] = base + count - 1
+                fut.set_result(Meta(0, base))
                 n += 1
         return n
+
+
+def label(topic: str, key: bytes | None, value: bytes | None) -> str:
+    if topic == "changelog":
+        return f"changelog:{(key or b'').decode()}:{decode(value).n_events}"
+    return f"{topic}:{orjson_id(value)}"
 
 
 def orjson_id(value: bytes | None) -> str:
@@ -70,13 +94,11 @@ def orjson_id(value: bytes | None) -> str:
 
 
 class Table(DictTable):
+    changelog_topic = "changelog"
+
     def __init__(self, broker: Broker) -> None:
         super().__init__()
         self.broker = broker
-
-    async def send(self, partition, key, value):
-        self.broker.log.append(("sent", f"changelog:{key.decode()}:{decode(value).n_events}"))
-        return self.broker._future(f"changelog:{key.decode()}:{decode(value).n_events}", partition)
 
     def put_local(self, partition, rows, changelog_offset=None):
         for k, v in rows.items():
@@ -113,7 +135,7 @@ def test_the_next_batch_is_scored_while_the_previous_one_is_delivered_and_order_
         app = type("App", (), {"consumer": type("C", (), {"_committed_offset": {tp: 0}})(),
                                "producer": broker})()
         delivery = agents.Delivery(app=app, pipeline=pipe, ledger=ledger,
-                                   metrics=pipe.metrics, bootstrap="unused")
+                                   metrics=pipe.metrics, bootstrap="unused", producer=lambda: broker)
         stream = Stream(broker.log)
         await delivery.run(stream, [Event(0)])
         await delivery.run(stream, [Event(1)])  # returns although nothing is acknowledged yet
@@ -161,11 +183,11 @@ def test_a_failed_delivery_stops_the_worker_without_acknowledging(predictor, mon
         app = type("App", (), {"consumer": type("C", (), {"_committed_offset": {tp: 0}})(),
                                "producer": broker})()
         delivery = agents.Delivery(app=app, pipeline=pipe, ledger=OffsetLedger(),
-                                   metrics=pipe.metrics, bootstrap="unused")
+                                   metrics=pipe.metrics, bootstrap="unused", producer=lambda: broker)
         await delivery.run(Stream(broker.log), [Event(0)])
         await _settle()
-        for what, fut in broker.pending:
-            if what.startswith("na:"):
+        for records, _, fut in broker.pending:
+            if any(r.startswith("na:") for r in records):
                 fut.set_exception(RuntimeError("broker said no"))
         await delivery.drain()
         return broker
