@@ -121,6 +121,7 @@ ABLATIONS: dict[str, dict[str, object]] = {
     "no repeat channel": {"repeat": False},
     "no weight decay (the previous default)": {"weight_decay": 0.0},
     "batches of 4096 tokens (the previous default)": {"batch_tokens": 4096},
+    "with batches of 512 tokens": {"batch_tokens": 512},
     "negatives: the batch's next items only (the previous loss)": {"negatives_from": "in_batch"},
     "negatives: sampled by popularity^0.75 only": {"negatives_from": "popularity"},
     "4,096 negatives (the previous default)": {"negatives": 4096},
