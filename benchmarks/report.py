@@ -27,6 +27,11 @@ def _env(d: dict[str, Any]) -> str:
     return f"`{Path(d.get('_file', '')).name}` · git {e['git_sha'][:10]} · {dev} · torch {e['torch']}"
 
 
+# model and training arguments whose default an ablation run may predate (not its budget)
+DEFAULTS_SHOWN = ("negatives", "negatives_from", "cosine", "scale", "attention", "last_item", "repeat",
+                  "emb", "hidden", "dropout", "lr", "weight_decay", "batch_tokens")
+
+
 def next_item(d: dict[str, Any]) -> list[str]:
     r, pub = d["results"], d["published"]
     t = d["training"]
@@ -51,7 +56,11 @@ def next_item(d: dict[str, Any]) -> list[str]:
                   f"with a new item {new['P@20']:.2f} / {new['MRR@20']:.2f} (Markov "
                   f"{r['Markov']['by_target']['target_new']['P@20']:.2f} / "
                   f"{r['Markov']['by_target']['target_new']['MRR@20']:.2f}).", ""]
-    ab = d.get("ablations", {})
+    # the ablation run itself (next_item_ablations.json) when there is one, else the rows the main
+    # run copied when it ran
+    standalone = _load("next_item_ablations.json")
+    ab = ({"arguments": standalone["arguments"], "git_sha": standalone["environment"]["git_sha"],
+           "rows": standalone["ablations"]} if standalone else d.get("ablations", {}))
     rows = ab.get("rows") if "rows" in ab else ab
     if rows and len(rows) > 1:
         args = ab.get("arguments") or d["arguments"]
@@ -59,9 +68,9 @@ def next_item(d: dict[str, Any]) -> list[str]:
         n = args.get("train_sessions")
         budget = f"a reduced budget: {n:,} training sessions, " if n else "all training sessions, "
         sha = str(ab.get("git_sha") or d["environment"]["git_sha"])[:10]
-        then = args.get("negatives")
-        differs = (f" Their default then had {then:,} sampled negatives (now "
-                   f"{d['arguments']['negatives']:,})." if then != d["arguments"].get("negatives") else "")
+        changed = [f"{k} {args.get(k)!r} (now {d['arguments'].get(k)!r})" for k in DEFAULTS_SHOWN
+                   if args.get(k) != d["arguments"].get(k)]
+        differs = f" Their default differed from today's in: {', '.join(changed)}." if changed else ""
         lines += [f"Ablations: each row retrains the default with one part changed, at {budget}"
                   f"{args['epochs']} epochs; validation P@20 / MRR@20 (the last 5% of training "
                   f"sessions; git {sha}).{differs}",
