@@ -402,9 +402,12 @@ class Delivery:
         self.in_flight.hold(self._seq, rows)  # the next batch reads these before they are stored
         t1 = time.perf_counter()
         dead = self.pipeline.dead_letters
-        batched = await send_batched(self.producer(), (m for m in out.messages if m.topic != dead))
-        sent = [b.future for b in batched] + [await self._send(m) for m in out.messages
-                                               if m.topic == dead]
+        outputs: list[OutMessage] = []
+        letters: list[OutMessage] = []
+        for m in out.messages:
+            (letters if m.topic == dead else outputs).append(m)
+        sent = [b.future for b in await send_batched(self.producer(), outputs)]
+        sent += [await self._send_dead_letter(m) for m in letters]
         self._stage["publish"].inc(time.perf_counter() - t1)
         previous = self._tails[-1] if self._tails else None
         self._tails.append(asyncio.get_running_loop().create_task(
@@ -446,17 +449,15 @@ class Delivery:
         except Exception as exc:  # noqa: BLE001 - an infrastructure fault: stop, unacknowledged
             _stop(exc)
 
-    async def _send(self, m: OutMessage) -> Any:
-        """Hand one message to the producer (Faust's aiokafka producer, without Faust's buffer, so a
-        failure raises here); returns its delivery future. A dead letter the broker cannot take as
-        it is (too large for a request, unusable headers) goes as a truncated copy that says so,
+    async def _send_dead_letter(self, m: OutMessage) -> Any:
+        """Hand one dead letter to the producer (Faust's aiokafka producer, without Faust's buffer,
+        so a failure raises here); returns its delivery future. One the broker cannot take as it
+        is (too large for a request, unusable headers) goes as a truncated copy that says so,
         instead of stopping the worker on every restart."""
         send = self.app.producer.send
         try:
             return await send(m.topic, m.key, m.value, m.partition, None, m.headers)
-        except Exception as exc:  # noqa: BLE001 - only dead letters have a fallback
-            if m.topic != self.pipeline.dead_letters:
-                raise
+        except Exception as exc:  # noqa: BLE001 - the input's fault, not the broker's
             size = len(m.value or b"")
             log.warning("dead letter not accepted as is (%r); sending a truncated copy", exc)
             headers = [(k, v) for k, v in (m.headers or []) if k.startswith("x-dlq-")

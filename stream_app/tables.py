@@ -41,7 +41,7 @@ class StateTable:
 
     async def send(self, partition: int, key: bytes, value: bytes | None) -> Any:
         """Send a row (or a tombstone) to the changelog partition; returns the delivery future."""
-        return await self.table.app.producer.send(self.table.changelog_topic_name, key, value,
+        return await self.table.app.producer.send(self.changelog_topic, key, value,
                                                   partition, None, None)
 
     def put_local(self, partition: int, rows: dict[bytes, bytes | None],
@@ -77,8 +77,8 @@ class StateTable:
 
     def active_partitions(self, app: Any) -> set[int]:
         """Partitions of the table this worker is actively serving right now (not standbys)."""
-        topic = self.table.changelog_topic_name
+        topic = self.changelog_topic
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
 
     def changelog_tp(self, partition: int) -> TP:
-        return TP(self.table.changelog_topic_name, partition)
+        return TP(self.changelog_topic, partition)
