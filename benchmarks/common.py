@@ -32,7 +32,8 @@ def git_sha() -> str:
                                capture_output=True, text=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        # a copy of the tree without its .git (the lent GPU machines): the caller names the commit
+        return os.environ.get("CLICKSTREAM_GIT_SHA", "unknown")
 
 
 def environment(device: str | None = None) -> dict[str, Any]:

@@ -83,9 +83,11 @@ def end_count(consumer: KafkaConsumer, topic: str) -> int:
 
 
 def start_mode(mode: str, bootstrap: str, ns: str, input_topic: str, model_dir: Path,
-               work: Path, instance: int = 0, web_port: int | None = None) -> tuple[subprocess.Popen, str]:
+               work: Path, instance: int = 0, web_port: int | None = None,
+               device: str = "cpu") -> tuple[subprocess.Popen, str]:
     """Returns (process, the topic whose message count measures progress). Instances of the
-    pipeline with the same `ns` join one consumer group and share the partitions."""
+    pipeline with the same `ns` join one consumer group and share the partitions. `device`: the
+    pipeline worker's --device."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     log = open(work / f"{ns.strip('.')}-{mode}-{instance}.log", "wb")  # noqa: SIM115 - child owns it
     if mode == "pipeline":
@@ -93,7 +95,7 @@ def start_mode(mode: str, bootstrap: str, ns: str, input_topic: str, model_dir: 
                 "CLICKSTREAM_APP_ID": f"{ns}pipeline", "CLICKSTREAM_LOG_LEVEL": "warning"}
         cmd = [sys.executable, "-m", "stream_app.cli", "worker", "--model-dir", str(model_dir),
                "--data-dir", str(work / f"{ns}pipeline-{instance}"),
-               "--web-port", str(web_port or broker.free_port()), "--device", "cpu"]
+               "--web-port", str(web_port or broker.free_port()), "--device", device]
         out = f"{ns}predictions.next_action"
     else:
         out = f"{ns}out.{mode}"
@@ -144,9 +146,10 @@ def breakdown(a: tuple[int, float, dict[str, float]], b: tuple[int, float, dict[
 
 
 def measure_max(bootstrap: str, mode: str, ns: str, input_topic: str, n: int, model_dir: Path,
-                work: Path, limit_s: float) -> dict[str, Any]:
+                work: Path, limit_s: float, device: str = "cpu") -> dict[str, Any]:
     port = broker.free_port()
-    proc, out = start_mode(mode, bootstrap, ns, input_topic, model_dir, work, web_port=port)
+    proc, out = start_mode(mode, bootstrap, ns, input_topic, model_dir, work, web_port=port,
+                           device=device)
     scale = PROGRESS_EVERY if mode == "faust_consume" else 1  # it writes one message per 100
     c = KafkaConsumer(bootstrap_servers=bootstrap)
     series: list[tuple[float, int]] = []
@@ -179,10 +182,10 @@ def measure_max(bootstrap: str, mode: str, ns: str, input_topic: str, n: int, mo
 
 def measure_latency(bootstrap: str, mode: str, ns: str, msgs: list[tuple[bytes, bytes]],
                     rate: float, duration_s: float, model_dir: Path, work: Path,
-                    lead_in_s: float = 0.0) -> dict[str, Any]:
+                    lead_in_s: float = 0.0, device: str = "cpu") -> dict[str, Any]:
     topic = f"{ns}clickstream.events"
     ensure_topics(bootstrap, {topic: PARTITIONS})
-    proc, out = start_mode(mode, bootstrap, ns, topic, model_dir, work)
+    proc, out = start_mode(mode, bootstrap, ns, topic, model_dir, work, device=device)
     warm = 100  # not measured: the mode must be consuming before the clock starts
     p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1)
     for k, v in msgs[-warm:]:
@@ -282,10 +285,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="serve a model with the window readout (stream-app train --window-readout)")
     ap.add_argument("--lead-in-seconds", type=float, default=5.0,
                     help="load fed before the latency window opens (reported apart as from_idle)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="the pipeline worker's --device (the other modes never score)")
     args = ap.parse_args(argv)
     if args.quick:
         args.events, args.latency_seconds, args.lead_in_seconds = 6000, 5.0, 1.0
-    env = environment("cpu")
+    env = environment(args.device)
     work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     info = broker.up(work / "kafka", port=broker.free_port())
     bs = info.bootstrap
@@ -308,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
             limit = 120.0 if mode == "naive" else 300.0
             if args.quick:
                 limit /= 4
-            r = measure_max(bs, mode, ns, input_topic, len(msgs), model_dir, work, limit)
+            r = measure_max(bs, mode, ns, input_topic, len(msgs), model_dir, work, limit, args.device)
             print(f"{mode}: {r['events_per_s']:.0f} events/s", file=sys.stderr)
             results[mode] = r
             if mode == "faust_consume":  # no output per event: no latency to measure
@@ -318,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
             for key, share in loads.items():
                 r[key] = measure_latency(bs, mode, f"{run}{key}-{mode}.", msgs, max(top * share, 10.0),
                                          args.latency_seconds, model_dir, work,
-                                         lead_in_s=args.lead_in_seconds)
+                                         lead_in_s=args.lead_in_seconds, device=args.device)
                 print(f"{mode}: {key} {r[key]}", file=sys.stderr)
     finally:
         broker.down(work / "kafka")
@@ -342,7 +347,8 @@ def main(argv: list[str] | None = None) -> None:
                                     "latency_seconds": args.latency_seconds,
                                     "lead_in_seconds": args.lead_in_seconds,
                                     "model": "random weights, production size",
-                                    "window_readout": args.window_readout},
+                                    "window_readout": args.window_readout,
+                                    "pipeline_device": args.device},
                      "modes": results, "goals": goals})
     plot(results, out.with_suffix(".png"))
     print(orjson.dumps(goals).decode())
