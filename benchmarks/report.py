@@ -23,8 +23,11 @@ def _load(name: str) -> dict[str, Any] | None:
 
 def _env(d: dict[str, Any]) -> str:
     e = d["environment"]
-    dev = e.get("gpu") or f"CPU ({e.get('cpu_count')} cores, {e.get('torch_threads')} threads)"
-    return f"`{Path(d.get('_file', '')).name}` · git {e['git_sha'][:10]} · {dev} · torch {e['torch']}"
+    cpu = f"CPU ({e.get('cpu_count')} cores, {e.get('torch_threads')} threads)"
+    on_gpu = e.get("gpu") and e.get("device", "cuda") == "cuda"
+    dev = e["gpu"] if on_gpu else cpu + (f" of a machine with an {e['gpu']}" if e.get("gpu") else "")
+    sha = e["git_sha"][:10] + (" with uncommitted changes" if e["git_sha"].endswith("-dirty") else "")
+    return f"`{Path(d.get('_file', '')).name}` · git {sha} · {dev} · torch {e['torch']}"
 
 
 # model and training arguments whose default an ablation run may predate (not its budget)
@@ -228,6 +231,69 @@ def gru_step(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def gru_step_cuda(d: dict[str, Any]) -> list[str]:
+    """`make gpu-check`: goals, the step by batch size in each mode, and the device scoring path."""
+    lines = ["**GPU checks** (`make gpu-check`: GRU step with gather/scatter from a "
+             f"{d['parameters']['users_in_table']:,}-user table on the device; the scoring path on the "
+             "device against CPU).", "", "| goal | measured | target | met |", "|---|---|---|---|"]
+    for g in d["goals"]:
+        v = g["measured"]
+        shown = f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+        lines.append(f"| {g['what']} | {shown} {g['unit']} | {g['target']} | {'yes' if g['met'] else 'no'} |")
+    cols = [(dt, mode) for dt in ("float32", "bfloat16") for mode in ("eager", "cuda_graph")]
+    cell = {(r["dtype"], r["mode"], r["batch"]): r for r in d["by_batch"]}
+    lines += ["", "| batch | " + " | ".join(f"{dt} {mode} (events/s · µs/step)" for dt, mode in cols) + " |",
+              "|---|" + "---|" * len(cols)]
+    for b in d["parameters"]["batches"]:
+        row = [cell.get((dt, mode, b)) for dt, mode in cols]
+        lines.append(f"| {b:,} | " + " | ".join(
+            f"{r['events_per_s']:,.0f} · {1e6 * r['seconds_per_step']:,.0f}" if r else "n/a"
+            for r in row) + " |")
+    sc = d["scoring"]
+    lines += ["", f"Scoring path (`score_batch`, {sc['users']:,} users, "
+              f"batches of {sc['device_run']['batch']}): "
+              f"{sc['device_run']['events_per_s']:,.0f} events/s on {sc['device_run']['device']} against "
+              f"{sc['cpu_run']['events_per_s']:,.0f} on CPU; largest probability difference "
+              f"{sc['max_abs_diff_vs_cpu']:.1e} over {sc['predictions_compared']:,} predictions.", "",
+              f"<sub>{_env(d)}</sub>", ""]
+    return lines
+
+
+def next_item_cuda(d: dict[str, Any]) -> list[str]:
+    r, t = d["results"]["clickstream-gru"], d["training"]
+    return [f"**Next item, Diginetica, same command on the GPU**: P@20 {r['P@20']:.2f} / MRR@20 "
+            f"{r['MRR@20']:.2f} (validation {r['valid_P@20']:.2f} / {r['valid_MRR@20']:.2f}), "
+            f"{t['epochs_run']} epochs in {t['train_seconds']:.0f} s of training and "
+            f"{r['evaluate_seconds']:.0f} s of evaluation on {t['device']}.", "", f"<sub>{_env(d)}</sub>", ""]
+
+
+def throughput_by_device() -> list[str]:
+    """The pipeline worker on CPU and on CUDA, each run on the GPU machine beside its own broker."""
+    runs = [(name, _load(name)) for name in ("throughput_gpu_machine_cpu.json", "throughput_cuda.json")]
+    runs = [(name, d) for name, d in runs if d is not None]
+    if not runs:
+        return []
+    lines = ["**Pipeline worker on CPU and on CUDA** (`benchmarks.throughput --device cpu|cuda`, "
+             "both on the lent GPU machine, each with its own broker and a Faust passthrough run "
+             "beside it; that machine's cores are slower per event than the 2-core one above).", "",
+             "| worker device | pipeline events/s | faust_passthrough events/s | ratio | scoring µs/event "
+             "| p99 at 50% (ms) | p99 at 90% (ms) | file |", "|---|---|---|---|---|---|---|---|"]
+    for name, d in runs:
+        m = d["modes"]
+        pipe = m["pipeline"]
+        lat50, lat90 = pipe.get("latency"), pipe.get("latency_at_90pct")
+        lines.append(f"| {d['parameters']['pipeline_device']} | {pipe['events_per_s']:,.0f} | "
+                     f"{m['faust_passthrough']['events_per_s']:,.0f} | "
+                     f"{pipe['events_per_s'] / m['faust_passthrough']['events_per_s']:.2f} | "
+                     f"{pipe['us_per_event']['scoring']:.0f} | "
+                     f"{1000 * lat50['p99_s'] if lat50 else float('nan'):.0f} | "
+                     f"{1000 * lat90['p99_s'] if lat90 else float('nan'):.0f} | `{name}` |")
+    lines.append("")
+    for name, d in runs:
+        lines += [f"<sub>{_env({**d, '_file': name})}</sub>", ""]
+    return lines
+
+
 def scaling(d: dict[str, Any]) -> list[str]:
     lines = ["**Per-event cost as tracked users grow** (state in RocksDB, hot users' hidden states "
              "cached; Zipf activity; no Kafka).", "",
@@ -297,7 +363,8 @@ def render() -> str:
                      ("churn.json", churn), ("throughput.json", throughput), ("gru_step.json", gru_step),
                      ("scaling.json", scaling), ("two_workers.json", two_workers),
                      ("reliability.json", reliability),
-                     ("reliability_million_users.json", reliability)):
+                     ("reliability_million_users.json", reliability),
+                     ("gru_step_cuda.json", gru_step_cuda), ("next_item_cuda.json", next_item_cuda)):
         d = _load(name)
         if d is None:
             out += [f"_{name}: not measured yet._", ""]
@@ -306,6 +373,7 @@ def render() -> str:
         if d.get("quick"):
             out += [f"_{name} holds a --quick run; numbers below are smoke-test sized._", ""]
         out += fn(d)
+    out += throughput_by_device()
     out.append(END)
     return "\n".join(out)
 

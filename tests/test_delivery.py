@@ -208,3 +208,57 @@ def test_pending_rows_release_only_what_a_later_batch_did_not_replace(replaced):
     pending.release(1, {0: {b"a": b"v1"}})
     assert pending.get(0, b"a") == (b"v2" if replaced else None)
     assert ((0, "a") in pending) is replaced
+
+
+class RefusingBroker(Broker):
+    """Refuses a dead letter larger than the truncation size, as a broker refuses a record over
+    its max.message.bytes; records what each dead-letter send carried."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dead_letters: list[tuple[bytes, list[tuple[str, bytes]]]] = []
+
+    async def send(self, topic, key, value, partition, timestamp, headers):
+        if topic == "dlq":
+            self.dead_letters.append((value, list(headers)))
+            if len(value) > agents.MAX_DEAD_LETTER_BYTES:
+                from aiokafka.errors import MessageSizeTooLargeError
+                raise MessageSizeTooLargeError("the record is larger than the broker accepts")
+        return await super().send(topic, key, value, partition, timestamp, headers)
+
+
+def test_a_dead_letter_the_broker_refuses_whole_goes_truncated_and_the_event_is_acknowledged(
+        predictor, monkeypatch):
+    stopped: list[BaseException] = []
+    monkeypatch.setattr(agents, "_stop", stopped.append)
+    huge = b"not json " * 30_000  # 270 kB: dead-lettered as unparseable, refused whole
+
+    async def scenario() -> tuple[RefusingBroker, OffsetLedger, TP]:
+        broker = RefusingBroker()
+        table = Table(broker)
+        pipe = make_pipeline(predictor, agents.PendingRows(table))
+        ledger, tp = OffsetLedger(), TP(TOPIC, 0)
+        app = type("App", (), {"consumer": type("C", (), {"_committed_offset": {tp: 0}})(),
+                               "producer": broker})()
+        delivery = agents.Delivery(app=app, pipeline=pipe, ledger=ledger,
+                                   metrics=pipe.metrics, bootstrap="unused", producer=lambda: broker)
+        bad = Event(0)
+        bad.message = agents.BrokerRecord(TOPIC, 0, 0, b"u1", huge, [("traceparent", b"00-ab-cd-01")], None)
+        await delivery.run(Stream(broker.log), [bad, Event(1)])
+        await _settle()
+        for prefix in ("dlq:", "na:e1", "churn:e1", "changelog:u1:1"):
+            assert broker.resolve(prefix) == 1, prefix
+            await _settle()
+        await delivery.drain()
+        return broker, ledger, tp
+
+    broker, ledger, tp = asyncio.run(scenario())
+    assert stopped == []
+    (first, first_headers), (copy, headers) = broker.dead_letters
+    assert first == huge and ("traceparent", b"00-ab-cd-01") in first_headers
+    assert copy == huge[:agents.MAX_DEAD_LETTER_BYTES]
+    h = dict(headers)
+    assert h["x-dlq-truncated-from-bytes"] == str(len(huge)).encode()
+    assert h["x-dlq-source-offset"] == b"0" and h["x-dlq-reason"]
+    assert "traceparent" not in h  # only our own headers survive the fallback
+    assert ("ack", 0) in broker.log and ("ack", 1) in broker.log and ledger.committable(tp) == 2
