@@ -55,7 +55,7 @@ class Goal:
 GOALS = [
     Goal("events_per_s_batch_1024", ">=", 30e6, "events/s",
          "GRU step at batch 1,024 including gather/scatter from a 1M-user device table "
-         "(best of fp32/bf16, eager/CUDA graph)"),
+         "(best of fp32/bf16, eager/CUDA graph/compiled graph)"),
     Goal("batch_1_step_us", "<=", 20.0, "µs",
          "one event's step, gather/scatter included, until its result is ready (best mode)"),
     Goal("cuda_tests_failed_or_skipped", "<=", 0, "tests",
@@ -90,8 +90,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--scoring-events", type=int, default=40_000)
     ap.add_argument("--scoring-batch", type=int, default=512)
     ap.add_argument("--no-tests", action="store_true", help="skip the CUDA pytest run")
+    ap.add_argument("--compiled-batches", default="1,1024",
+                    help="batch sizes also run fused (torch.compile, then a CUDA graph; ~a minute "
+                         "of compiling each); '' for none")
     args = ap.parse_args(argv)
     args.batch_sizes = sorted({int(b) for b in args.batches.split(",") if b.strip()} | {1, 1024})
+    args.compiled_sizes = sorted({int(b) for b in args.compiled_batches.split(",") if b.strip()})
     if args.min_seconds is None:
         args.min_seconds = 0.05 if args.quick else 0.5
     if args.device == "cpu" and Path(args.json).resolve() == (ROOT / DEFAULT_JSON).resolve():
@@ -136,7 +140,7 @@ def run_cuda_tests(args: Sequence[str] = CUDA_TEST_ARGS) -> dict[str, Any]:
 
 # --- 2. the GRU step ------------------------------------------------------------------------
 def step_rows(device: torch.device, users: int, hidden: int, batches: list[int],
-              min_s: float) -> list[dict[str, Any]]:
+              min_s: float, compiled: list[int] | None = None) -> list[dict[str, Any]]:
     cfg = GRUConfig(n_items=5000, n_categories=60, emb_dim=hidden, hidden=hidden, repeat_flag=True)
     model = ClickstreamGRU(cfg).to(device).eval()
     batches = [b for b in batches if b <= users]  # one step per distinct user
@@ -145,6 +149,8 @@ def step_rows(device: torch.device, users: int, hidden: int, batches: list[int],
         rows += by_batch(model, device, dtype, users, batches, min_s)
         if device.type == "cuda":
             rows += by_batch_graph(model, device, dtype, users, batches, min_s)
+            rows += by_batch_graph(model, device, dtype, users, [b for b in compiled or [] if b <= users],
+                                   min_s, compiled=True)
     return rows
 
 
@@ -264,7 +270,8 @@ def build_report(args: argparse.Namespace, step: list[dict[str, Any]], hist: lis
         "benchmark": "gru_step_cuda", "environment": environment(args.device), "quick": args.quick,
         "cuda_measured": args.device == "cuda",
         "parameters": {"hidden": args.hidden, "users_in_table": args.users,
-                       "batches": args.batch_sizes, "min_seconds": args.min_seconds,
+                       "batches": args.batch_sizes, "compiled_batches": args.compiled_sizes,
+                       "min_seconds": args.min_seconds,
                        "model": "random weights (step); a one-epoch simulated model (scoring)"},
         "goals": goals,
         "all_goals_met": all(g["met"] is True for g in goals),
@@ -304,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  passed {tests.get('passed')}, failed {tests.get('failures')}, "
               f"errors {tests.get('errors')}, skipped {tests.get('skipped')}", flush=True)
     print(f"gpu-check: GRU step on {device}, {users:,} users in the table ...", flush=True)
-    step = step_rows(device, users, args.hidden, args.batch_sizes, args.min_seconds)
+    step = step_rows(device, users, args.hidden, args.batch_sizes, args.min_seconds, args.compiled_sizes)
     hist = [{"device": device.type, **r} for r in history_rows(device, args.hidden, args.min_seconds)]
     print(f"gpu-check: scoring path on {device} vs cpu ...", flush=True)
     scoring = scoring_check(args.device, args.scoring_users, args.scoring_events, args.scoring_batch)

@@ -2,7 +2,9 @@
 user's hidden state gathered from and scattered back to a device-resident table of users.
 
 1. events/s by batch size, fp32 and bf16, on CPU and (when present) CUDA, where each step is also
-   captured once as a CUDA graph and replayed (mode "cuda_graph": no per-kernel launch cost);
+   captured once as a CUDA graph and replayed (mode "cuda_graph": no per-kernel launch cost), and
+   (gpu_check) fused: the GRU cell written out so that `torch.compile` can merge the step's ~100
+   small kernels, then captured as a graph (mode "compiled_graph");
 2. incremental step vs re-running the whole window, as the history grows from 10 to 1,000.
 
 `make gpu-check` (benchmarks/gpu_check.py) reuses these functions for the CUDA goals.
@@ -13,9 +15,11 @@ user's hidden state gathered from and scattered back to a device-resident table 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from models.gru import ClickstreamGRU, Events, GRUConfig
 
@@ -79,14 +83,35 @@ def by_batch(model: ClickstreamGRU, device: torch.device, dtype: torch.dtype, us
     return rows
 
 
+def fusable_step(model: ClickstreamGRU) -> Callable[[Events, torch.Tensor], tuple[Any, Any, torch.Tensor]]:
+    """`model.step` with its one GRU layer written out (PyTorch's gate order r, z, n): nn.GRU runs
+    as one opaque cuDNN call that a compiler cannot fuse with what comes before and after it."""
+    if model.cfg.layers != 1:
+        raise ValueError("the written-out cell covers one GRU layer")
+    g = model.gru  # its weights read here: compilers do not trace nn.GRU's attribute lookup
+    w_ih, b_ih, w_hh, b_hh = g.weight_ih_l0, g.bias_ih_l0, g.weight_hh_l0, g.bias_hh_l0
+
+    def step(x: Events, h: torch.Tensor) -> tuple[Any, Any, torch.Tensor]:
+        z = model._embed(x)
+        ir, iz, in_ = F.linear(z, w_ih, b_ih).chunk(3, -1)
+        hr, hz, hn = F.linear(h[0], w_hh, b_hh).chunk(3, -1)
+        r, u = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+        h1 = torch.lerp(torch.tanh(in_ + r * hn), h[0], u)  # (1 - u) * n + u * h
+        out, rq = model._heads(h1, x)
+        return out, rq, h1.unsqueeze(0)
+    return step
+
+
 @torch.no_grad()
 def by_batch_graph(model: ClickstreamGRU, device: torch.device, dtype: torch.dtype, users: int,
-                   batches: list[int], min_s: float) -> list[dict[str, Any]]:
+                   batches: list[int], min_s: float, compiled: bool = False) -> list[dict[str, Any]]:
     """The same step as `by_batch` (gather, GRU step, action and churn heads, scatter), captured
-    once per batch size as a CUDA graph and replayed. A row whose capture fails carries the error
-    instead of a timing."""
+    once per batch size as a CUDA graph and replayed; `compiled`: the `fusable_step`, compiled
+    by `torch.compile` for each batch size before the capture. A row whose compile or capture
+    fails carries the error instead of a timing."""
     if device.type != "cuda":
         raise ValueError(f"CUDA graphs need a CUDA device, not {device}")
+    step = fusable_step(model) if compiled else model.step
     cfg = model.cfg
     table = torch.zeros(cfg.layers, users, cfg.hidden, device=device, dtype=dtype)
     rows: list[dict[str, Any]] = []
@@ -98,14 +123,20 @@ def by_batch_graph(model: ClickstreamGRU, device: torch.device, dtype: torch.dty
             h = table.index_select(1, idx)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32,
                                 cache_enabled=False):
-                out, _, h_new = model.step(x, h)
+                out, _, h_new = step(x, h)
                 torch.softmax(out.action_logits, -1)
                 torch.sigmoid(out.churn_logit)
             table.index_copy_(1, idx, h_new.to(dtype))
 
         row: dict[str, Any] = {"device": device.type, "dtype": str(dtype).replace("torch.", ""),
-                               "batch": B, "mode": "cuda_graph", "users_in_table": users}
+                               "batch": B, "mode": "compiled_graph" if compiled else "cuda_graph",
+                               "users_in_table": users}
         try:
+            if compiled:
+                t0 = time.perf_counter()
+                body = torch.compile(body, dynamic=False, fullgraph=True)
+                body()
+                row["compile_s"] = time.perf_counter() - t0
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):  # warm-up outside the capture (cuDNN picks its kernels)
@@ -117,7 +148,8 @@ def by_batch_graph(model: ClickstreamGRU, device: torch.device, dtype: torch.dty
                 body()
             s = timed(graph.replay, device, min_s)
             row.update(seconds_per_step=s, events_per_s=B / s)
-        except RuntimeError as e:  # capture refused (an op that syncs with the host, a driver limit)
+        except Exception as e:  # noqa: BLE001 - capture refused (a host sync, a driver limit) or
+            # the compiler failed: the row says so and the other rows still run
             row["error"] = f"{type(e).__name__}: {e}"[:500]
         rows.append(row)
     return rows

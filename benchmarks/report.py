@@ -240,15 +240,17 @@ def gru_step_cuda(d: dict[str, Any]) -> list[str]:
         v = g["measured"]
         shown = f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
         lines.append(f"| {g['what']} | {shown} {g['unit']} | {g['target']} | {'yes' if g['met'] else 'no'} |")
-    cols = [(dt, mode) for dt in ("float32", "bfloat16") for mode in ("eager", "cuda_graph")]
+    modes = [m for m in ("eager", "cuda_graph", "compiled_graph")
+             if any(r["mode"] == m for r in d["by_batch"])]
+    cols = [(dt, mode) for dt in ("float32", "bfloat16") for mode in modes]
     cell = {(r["dtype"], r["mode"], r["batch"]): r for r in d["by_batch"]}
     lines += ["", "| batch | " + " | ".join(f"{dt} {mode} (events/s · µs/step)" for dt, mode in cols) + " |",
               "|---|" + "---|" * len(cols)]
     for b in d["parameters"]["batches"]:
         row = [cell.get((dt, mode, b)) for dt, mode in cols]
         lines.append(f"| {b:,} | " + " | ".join(
-            f"{r['events_per_s']:,.0f} · {1e6 * r['seconds_per_step']:,.0f}" if r else "n/a"
-            for r in row) + " |")
+            f"{r['events_per_s']:,.0f} · {1e6 * r['seconds_per_step']:,.0f}" if r and "error" not in r
+            else ("failed" if r else "n/a") for r in row) + " |")
     sc = d["scoring"]
     lines += ["", f"Scoring path (`score_batch`, {sc['users']:,} users, "
               f"batches of {sc['device_run']['batch']}): "

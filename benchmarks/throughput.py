@@ -46,6 +46,7 @@ from models.checkpoint import save_version
 from models.data import Vocab
 from models.gru import ClickstreamGRU, GRUConfig
 from stream_app.admin import ensure_topics
+from stream_app.config import Settings
 
 from .common import benchmark_args, environment, write_json
 from .feeder import write_messages
@@ -291,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.events, args.latency_seconds, args.lead_in_seconds = 6000, 5.0, 1.0
     env = environment(args.device)
+    worker = Settings.from_env()
     work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     info = broker.up(work / "kafka", port=broker.free_port())
     bs = info.bootstrap
@@ -348,7 +350,11 @@ def main(argv: list[str] | None = None) -> None:
                                     "lead_in_seconds": args.lead_in_seconds,
                                     "model": "random weights, production size",
                                     "window_readout": args.window_readout,
-                                    "pipeline_device": args.device},
+                                    "pipeline_device": args.device,
+                                    # the worker reads these from the environment (CLICKSTREAM_*)
+                                    "worker_batching": {k: getattr(worker, k) for k in (
+                                        "batch_max", "batch_within_s", "batch_idle_s",
+                                        "in_flight_batches", "producer_linger_ms")}},
                      "modes": results, "goals": goals})
     plot(results, out.with_suffix(".png"))
     print(orjson.dumps(goals).decode())

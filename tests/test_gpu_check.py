@@ -120,3 +120,23 @@ def test_graph_capture_needs_a_gpu():
     cfg = GRUConfig(n_items=50, n_categories=5, emb_dim=16, hidden=16)
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         by_batch_graph(ClickstreamGRU(cfg).eval(), torch.device("cpu"), torch.float32, 100, [1], 0.01)
+
+
+def test_the_fusable_step_computes_what_model_step_does():
+    from dataclasses import fields
+
+    from benchmarks.gru_step import fusable_step, random_events
+
+    cfg = GRUConfig(n_items=50, n_categories=6, emb_dim=16, hidden=24, repeat_flag=True,
+                    window_attention=True, last_item_readout=True)
+    torch.manual_seed(0)
+    model = ClickstreamGRU(cfg).eval()
+    x = random_events(8, None, cfg, torch.device("cpu"))
+    h = torch.randn(1, 8, 24)
+    with torch.no_grad():
+        a, rq_a, h_a = model.step(x, h)
+        b, rq_b, h_b = fusable_step(model)(x, h)
+    assert h_b.shape == h_a.shape and torch.allclose(h_a, h_b, atol=1e-6)
+    assert torch.allclose(rq_a, rq_b, atol=1e-6)
+    for f in fields(a):
+        assert torch.allclose(getattr(a, f.name), getattr(b, f.name), atol=1e-6), f.name
