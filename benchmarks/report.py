@@ -341,7 +341,8 @@ def reliability(d: dict[str, Any]) -> list[str]:
                  f"{p['kills']} SIGKILLs of the worker; all ok: **{d['all_ok']}**). Recovery = from "
                  "restart (or kill, for a peer) to the first new prediction.")
     lines = [title, "",
-             "| scenario | events | predicted | lost | duplicated | dead-lettered | recovery |",
+             "| scenario | events | predicted | lost | duplicated (records, both topics) | dead-lettered "
+             "| recovery |",
              "|---|---|---|---|---|---|---|"]
     for name, r in d["results"].items():
         if "error" in r:
