@@ -11,7 +11,7 @@ JDK), the kit is ~45 MB:
   platforms dropped and re-packed uncompressed so that xz compresses across them (~15 MB; 44 MB as
   resolved).
 
-    python -m clickstream_tools.gpu_kit build .gpukit     # here; add .gpukit to .git/info/exclude
+    python -m clickstream_tools.gpu_kit build .gpukit     # here (.gitignore has .gpukit/)
     # there (carry .gpukit), before `python -m benchmarks.throughput --device cuda ...`:
     eval "$(python -m clickstream_tools.gpu_kit unpack .gpukit)"
 
