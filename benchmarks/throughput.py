@@ -354,7 +354,8 @@ def main(argv: list[str] | None = None) -> None:
                                     # the worker reads these from the environment (CLICKSTREAM_*)
                                     "worker_batching": {k: getattr(worker, k) for k in (
                                         "batch_max", "batch_within_s", "batch_idle_s",
-                                        "in_flight_batches", "producer_linger_ms")}},
+                                        "batch_behind_within_s", "in_flight_batches",
+                                        "producer_linger_ms")}},
                      "modes": results, "goals": goals})
     plot(results, out.with_suffix(".png"))
     print(orjson.dumps(goals).decode())

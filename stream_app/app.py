@@ -103,7 +103,8 @@ def build_app(settings: Settings, predictor: Predictor, metrics: Metrics | None 
         # batches follow the load (batching.py): small when idle, full when behind
         async for batch in batches(stream, max_events=settings.batch_max,
                                    max_wait_s=settings.batch_within_s, idle_s=settings.batch_idle_s,
-                                   behind=behind_broker(app.consumer)):
+                                   behind=behind_broker(app.consumer),
+                                   behind_wait_s=settings.batch_behind_within_s):
             await delivery.run(stream, batch)
 
     # concurrency 1: higher concurrency can commit past an in-flight message (Faust #606)

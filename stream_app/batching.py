@@ -6,14 +6,17 @@ waiting for the broker to acknowledge a batch's outputs takes nothing in meanwhi
 
 - a batch closes when it holds `max_events`; or when no event has arrived for `idle_s` and the
   broker holds nothing newer for these partitions (`behind` is false: waiting longer would only
-  add latency); or when its first event has waited `max_wait_s` (a steady trickle, or a worker
-  that is behind, still gets answered). A worker that is behind sees gaps between fetches too,
-  so the idle rule alone would cut its batches small just when it needs them large;
+  add latency); or when its first event has waited `max_wait_s` (a steady trickle still gets
+  answered), `behind_wait_s` while the broker holds more (a worker that is behind gets large
+  batches, the cheapest per event, and is still answered). A worker that is behind sees gaps
+  between fetches too, so the idle rule alone would cut its batches small just when it needs
+  them large;
 - events keep flowing into the next batch while the agent works on the current one, up to
   `max_events` of them (then the intake waits for the agent: back-pressure).
 
-So an idle worker answers a lone event after `idle_s`; a busy one collects for up to `max_wait_s`
-(or until full), amortising the per-batch cost of scoring and delivery. Nothing is acknowledged here
+So an idle worker answers a lone event after `idle_s`; a busy one collects for up to `max_wait_s`,
+and one that is behind for up to `behind_wait_s` (or until full), amortising the per-batch cost
+of scoring and delivery. Nothing is acknowledged here
 (the agent acknowledges after delivery, agents.py).
 
 Uses the same two Stream hooks as Faust's own `noack_take` (faust/streams.py, 0.15.x):
@@ -43,9 +46,12 @@ def behind_broker(consumer: Any) -> Behind:
 
 
 async def batches(stream: Any, *, max_events: int, max_wait_s: float, idle_s: float,
-                  behind: Behind | None = None,
+                  behind: Behind | None = None, behind_wait_s: float | None = None,
                   clock: Callable[[], float] = time.monotonic) -> AsyncIterator[list[Any]]:
-    """Yield lists of Faust events (not values) from `stream`, acks disabled."""
+    """Yield lists of Faust events (not values) from `stream`, acks disabled. `behind_wait_s`
+    (default `max_wait_s`): the longest wait while `behind` says the broker holds more."""
+    if behind_wait_s is None:
+        behind_wait_s = max_wait_s
     buf: list[Any] = []
     taken: dict[Any, int] = {}  # tp -> newest offset taken in
     first_at = last_at = 0.0
@@ -85,9 +91,10 @@ async def batches(stream: Any, *, max_events: int, max_wait_s: float, idle_s: fl
                 await stream.wait_for_stopped(nonempty)
                 continue
             if len(buf) < max_events:
-                due = first_at + max_wait_s
-                if behind is None or not behind(taken):
-                    due = min(due, last_at + idle_s)
+                if behind is not None and behind(taken):
+                    due = first_at + behind_wait_s
+                else:
+                    due = min(first_at + max_wait_s, last_at + idle_s)
                 wait = due - clock()
                 if wait > 0:
                     full.clear()

@@ -32,6 +32,7 @@ class Settings:
     batch_max: int = 512  # events per micro-batch
     batch_within_s: float = 0.02  # longest a batch's first event waits for more to arrive
     batch_idle_s: float = 0.002  # a batch closes once no event has arrived for this long
+    batch_behind_within_s: float = 0.02  # batch_within_s while the broker holds more (behind)
     producer_linger_ms: int = 2  # lets the producer pack a batch's sends into fewer requests
     # batches whose outputs the broker is still acknowledging while the next one is scored; their
     # rows are held in memory (PendingRows) until the changelog has them
@@ -176,6 +177,7 @@ class Settings:
             batch_max=int(e.get("CLICKSTREAM_BATCH_MAX", d.batch_max)),
             batch_within_s=float(e.get("CLICKSTREAM_BATCH_WITHIN_S", d.batch_within_s)),
             batch_idle_s=float(e.get("CLICKSTREAM_BATCH_IDLE_S", d.batch_idle_s)),
+            batch_behind_within_s=float(e.get("CLICKSTREAM_BATCH_BEHIND_WITHIN_S", d.batch_behind_within_s)),
             producer_linger_ms=int(e.get("CLICKSTREAM_PRODUCER_LINGER_MS", d.producer_linger_ms)),
             in_flight_batches=int(e.get("CLICKSTREAM_IN_FLIGHT_BATCHES", d.in_flight_batches)),
             fetch_max_wait_ms=int(e.get("CLICKSTREAM_FETCH_MAX_WAIT_MS", d.fetch_max_wait_ms)),

@@ -123,3 +123,15 @@ def test_a_worker_that_is_behind_does_not_cut_batches_at_fetch_gaps():
     busy, _ = collect(script, max_events=100, max_wait_s=2.0, idle_s=0.1, behind=behind)
     assert calm == [[0], [1]] and busy == [[0, 1]]
     assert seen and seen[-1] == {("events", 0): 0, ("events", 1): 1}  # newest offset per partition
+
+
+def test_a_worker_that_is_behind_waits_longer_for_full_batches():
+    # a steady trickle (an event every 0.05 s): cut by the 0.2 s wait when caught up, but while
+    # the broker holds more the batches wait for max_events (behind_wait 30 s never expires here)
+    script = [(0.05, i) for i in range(20)]
+    calm, _ = collect(script, max_events=10, max_wait_s=0.2, idle_s=0.5, behind=lambda taken: False,
+                      behind_wait_s=30.0)
+    busy, _ = collect(script, max_events=10, max_wait_s=0.2, idle_s=0.5, behind=lambda taken: True,
+                      behind_wait_s=30.0)
+    assert busy == [list(range(10)), list(range(10, 20))]
+    assert len(calm) > 2 and [e for b in calm for e in b] == list(range(20))
