@@ -119,6 +119,8 @@ ABLATIONS: dict[str, dict[str, object]] = {
     "no newest item in the query": {"last_item": False},
     "with cosine scoring (scale 16)": {"cosine": True},
     "no repeat channel": {"repeat": False},
+    "repeat gate on the GRU state only (no window statistics)": {"gate_stats": False},
+    "repeat gate as trained (no shift chosen on validation MRR@20)": {"calibrate_gate": False},
     "no weight decay (the previous default)": {"weight_decay": 0.0},
     "batches of 4096 tokens (the previous default)": {"batch_tokens": 4096},
     "with batches of 512 tokens": {"batch_tokens": 512},
@@ -159,12 +161,12 @@ def build_config(args: argparse.Namespace, n_items: int) -> tuple[GRUConfig, Tra
                     emb_dim=args.emb, hidden=args.hidden, dropout=args.dropout, window=20,
                     window_attention=args.attention, cosine=args.cosine,
                     cosine_scale=args.scale, repeat_head=args.repeat,
-                    last_item_readout=args.last_item)
+                    last_item_readout=args.last_item, gate_window_stats=args.gate_stats)
     tcfg = TrainConfig(epochs=args.epochs, lr=args.lr, w_action=0.0, w_churn=0.0,
                        batch_tokens=args.batch_tokens, max_seconds=args.max_seconds,
                        sampled_negatives=args.negatives, negatives_from=args.negatives_from,
                        patience=args.patience, lr_decay=args.lr_decay,
-                       weight_decay=args.weight_decay)
+                       weight_decay=args.weight_decay, calibrate_gate=args.calibrate_gate)
     return cfg, tcfg
 
 
@@ -227,6 +229,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="the newest item's embedding in the next-item query (STAMP's short-term memory)")
     ap.add_argument("--repeat", action=argparse.BooleanOptionalAction, default=True,
                     help="repeat channel over the window")
+    ap.add_argument("--gate-stats", action=argparse.BooleanOptionalAction, default=True,
+                    help="the repeat gate also reads the window's statistics (models.gru.window_stats)")
+    ap.add_argument("--calibrate-gate", action=argparse.BooleanOptionalAction, default=True,
+                    help="after training, shift the repeat gate to the best validation MRR@20 "
+                         "(models.train.calibrate_repeat_gate)")
     # a full softmax over 43k items costs about 3x the wall time of a sampled one per epoch on 2
     # CPU cores and, at equal wall time, ends far behind (see the ablations). Negatives: the
     # batch's own next items (~800 per batch) beat 2,048 popularity-sampled ones; both together

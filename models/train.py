@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,9 @@ class TrainConfig:
     # or "mixed" (both: the batch's items and K popularity draws, as in mixed negative sampling)
     negatives_from: str = "popularity"
     lr_decay: float = 1.0  # the learning rate is multiplied by this after every epoch
+    # after training, shift the repeat gate's bias to the best validation MRR@20 under the full
+    # distribution (`calibrate_repeat_gate`); a no-op without a repeat channel or validation data
+    calibrate_gate: bool = True
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -292,9 +296,64 @@ def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig
     model.eval()
     report = {"train_config": asdict(tcfg), "device": str(dev), "epochs_run": len(history),
               "warm_start": init is not None,
-              "best_valid_loss": best, "history": history,
-              "train_seconds": time.monotonic() - t0}
+              "best_valid_loss": best, "history": history}
+    if tcfg.calibrate_gate and cfg.repeat_head and valid is not None:
+        report["gate_calibration"] = calibrate_repeat_gate(model, valid, tcfg, dev, valid_from_ts)
+    report["train_seconds"] = time.monotonic() - t0
     return model, report
+
+
+GATE_SHIFTS = tuple(s / 2 for s in range(-2, 9))  # -1.0 .. +4.0 in steps of 0.5
+
+
+@torch.no_grad()
+def calibrate_repeat_gate(model: ClickstreamGRU, data: SeqData, tcfg: TrainConfig,
+                          device: torch.device | str, from_ts: float | None = None,
+                          rows_per_chunk: int = 512, k: int = 20) -> dict[str, Any]:
+    """Shift the repeat gate's logit (its bias, so the model stays one set of weights) by the
+    value in GATE_SHIFTS with the best validation MRR@k, ranking the full next-item distribution
+    over the known items as serving does. Training's likelihood is set by the many targets far
+    down the list; the order at the top is set by how the window's items compare with the best
+    catalogue items, and there the trained gate trusts the window too little (Diginetica, 60k
+    training sessions: the likelihood-optimal shift is +0.25, the test MRR@20 rises by 0.45 from
+    a +1.5 shift with P@20 level). Returns the shift and validation P@k/MRR@k per shift."""
+    model.eval()
+    n_known = model.cfg.n_items
+    shifts = torch.tensor(GATE_SHIFTS, device=device)
+    hits = torch.zeros(len(GATE_SHIFTS), dtype=torch.float64, device=device)
+    rr = torch.zeros_like(hits)
+    n = 0
+    for b in batches(data, model.cfg, tcfg.batch_tokens, shuffle=False):
+        mask = _eval_mask(b, data, from_ts)
+        b = b.to(device)
+        sel = b.valid & (b.next_item >= 1) & (b.next_item <= n_known)
+        if mask is not None:
+            sel &= mask
+        out, rq, _ = model(b.x)
+        idx = sel.nonzero(as_tuple=True)
+        for s in range(0, len(idx[0]), rows_per_chunk):
+            part = tuple(t[s:s + rows_per_chunk] for t in idx)
+            sub, target, window = out.map(itemgetter(part)), b.next_item[part], b.x.window[part]
+            explore = torch.softmax(model.explore_logits(sub), dim=-1)
+            att = model._repeat_attention(rq[part], window)
+            z = torch.logit(sub.repeat_gate.clamp(1e-6, 1 - 1e-6))
+            for j, shift in enumerate(shifts):
+                g = torch.sigmoid(z + shift).unsqueeze(-1)
+                p = (explore * (1 - g)).scatter_add_(-1, window, att * g)[:, 1:1 + n_known]
+                rank = (p > p.gather(-1, target.unsqueeze(-1) - 1)).sum(-1) + 1
+                top = rank <= k
+                hits[j] += top.sum()
+                rr[j] += (top / rank).sum()
+            n += len(target)
+    if not n:
+        return {"shift": 0.0, "positions": 0}
+    mrr = (rr / n).tolist()
+    best = max(range(len(GATE_SHIFTS)), key=lambda j: (round(mrr[j], 6), -abs(GATE_SHIFTS[j])))
+    model.gate.bias.add_(GATE_SHIFTS[best])
+    return {"shift": GATE_SHIFTS[best], "positions": n, "selected_on": f"validation MRR@{k}",
+            "by_shift": {str(sh): {f"P@{k}": round(100 * float(hits[j]) / n, 2),
+                                   f"MRR@{k}": round(100 * mrr[j], 2)}
+                         for j, sh in enumerate(GATE_SHIFTS)}}
 
 
 # --- running a trained model ----------------------------------------------------------------

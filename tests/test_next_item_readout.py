@@ -5,6 +5,7 @@ distribution."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -22,6 +23,8 @@ VARIANTS = {
     "attention": replace(CFG, window_attention=True),
     "attention+newest item": replace(CFG, window_attention=True, last_item_readout=True),
     "cosine, no repeat": replace(CFG, cosine=True, repeat_head=False),
+    "attention+newest item+gate statistics": replace(CFG, window_attention=True, last_item_readout=True,
+                                                     gate_window_stats=True),
 }
 
 
@@ -118,3 +121,23 @@ def test_negatives_carry_the_expected_number_of_draws_as_their_log_q(source, k):
 def test_an_unknown_negatives_source_is_refused():
     with pytest.raises(ValueError):
         NegativeSampler.from_data(random_data(seed=5, n=30), 100, 50, source="uniform")
+
+
+def test_window_stats_by_hand():
+    from models.gru import GATE_STATS_DIM, window_stats
+
+    window = torch.tensor([[0, 0, 3, 5, 3, 7],   # newest 7, seen once; 3 repeats
+                           [0, 0, 0, 5, 3, 3],   # newest 3, already there
+                           [0, 0, 0, 0, 0, 4],   # first item
+                           [0, 0, 0, 0, 0, 0]])  # nothing yet (a search first)
+    item = torch.tensor([7, 3, 4, 0])
+    got = window_stats(window, item)
+    log1p = math.log1p
+    want = torch.tensor([[log1p(4), 3 / 4, log1p(1), 0.0, 1 / 4],
+                         [log1p(3), 2 / 3, log1p(1), 1.0, 2 / 3],
+                         [log1p(1), 1.0, 0.0, 0.0, 1.0],
+                         [0.0, 0.0, 0.0, 0.0, 0.0]])
+    assert got.shape == (4, GATE_STATS_DIM)
+    torch.testing.assert_close(got, want)
+    # (B, T, W) sequences give the same numbers position by position
+    torch.testing.assert_close(window_stats(window.unsqueeze(0), item.unsqueeze(0))[0], want)
