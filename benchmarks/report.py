@@ -32,7 +32,8 @@ def _env(d: dict[str, Any]) -> str:
 
 # model and training arguments whose default an ablation run may predate (not its budget)
 DEFAULTS_SHOWN = ("negatives", "negatives_from", "cosine", "scale", "attention", "last_item", "repeat",
-                  "emb", "hidden", "dropout", "lr", "weight_decay", "batch_tokens")
+                  "gate_stats", "calibrate_gate", "emb", "hidden", "dropout", "lr", "lr_decay",
+                  "weight_decay", "batch_tokens")
 
 
 def next_item(d: dict[str, Any]) -> list[str]:
@@ -59,32 +60,50 @@ def next_item(d: dict[str, Any]) -> list[str]:
                   f"with a new item {new['P@20']:.2f} / {new['MRR@20']:.2f} (Markov "
                   f"{r['Markov']['by_target']['target_new']['P@20']:.2f} / "
                   f"{r['Markov']['by_target']['target_new']['MRR@20']:.2f}).", ""]
+    cal = t.get("gate_calibration")
+    if cal and cal.get("by_shift"):
+        at0, best = cal["by_shift"]["0.0"], cal["by_shift"][str(cal["shift"])]
+        lines += [f"Repeat gate: its logit shifted by {cal['shift']:+.1f} after training, the shift with "
+                  f"the best validation MRR@20 under the full distribution ({at0['P@20']:.2f} / "
+                  f"{at0['MRR@20']:.2f} as trained, {best['P@20']:.2f} / {best['MRR@20']:.2f} "
+                  f"shifted).", ""]
     # the ablation run itself (next_item_ablations.json) when there is one, else the rows the main
-    # run copied when it ran
+    # run copied when it ran; then later, smaller ablation runs (next_item_ablations_*.json)
+    def run(doc: dict[str, Any]) -> dict[str, Any]:
+        return {"arguments": doc["arguments"], "git_sha": doc["environment"]["git_sha"],
+                "rows": doc["ablations"]}
+
     standalone = _load("next_item_ablations.json")
-    ab = ({"arguments": standalone["arguments"], "git_sha": standalone["environment"]["git_sha"],
-           "rows": standalone["ablations"]} if standalone else d.get("ablations", {}))
-    rows = ab.get("rows") if "rows" in ab else ab
-    if rows and len(rows) > 1:
-        args = ab.get("arguments") or d["arguments"]
-        base = rows["default"]
-        n = args.get("train_sessions")
-        budget = f"a reduced budget: {n:,} training sessions, " if n else "all training sessions, "
-        sha = str(ab.get("git_sha") or d["environment"]["git_sha"])[:10]
-        changed = [f"{k} {args.get(k)!r} (now {d['arguments'].get(k)!r})" for k in DEFAULTS_SHOWN
-                   if args.get(k) != d["arguments"].get(k)]
-        differs = f" Their default differed from today's in: {', '.join(changed)}." if changed else ""
-        lines += [f"Ablations: each row retrains the default with one part changed, at {budget}"
-                  f"{args['epochs']} epochs; validation P@20 / MRR@20 (the last 5% of training "
-                  f"sessions; git {sha}).{differs}",
-                  "", "| variant | valid P@20 | valid MRR@20 | Δ P@20 | Δ MRR@20 | train s |",
-                  "|---|---|---|---|---|---|"]
-        for name, v in rows.items():
-            lines.append(f"| {name} | {v['valid_P@20']:.2f} | {v['valid_MRR@20']:.2f} | "
-                         f"{v['valid_P@20'] - base['valid_P@20']:+.2f} | "
-                         f"{v['valid_MRR@20'] - base['valid_MRR@20']:+.2f} | {v['train_seconds']:.0f} |")
-        lines.append("")
+    lines += _ablations(run(standalone) if standalone else d.get("ablations", {}), d)
+    for f in sorted(RESULTS.glob("next_item_ablations_*.json")):
+        lines += _ablations(run(json.loads(f.read_text())), d)
     return lines
+
+
+def _ablations(ab: dict[str, Any], d: dict[str, Any]) -> list[str]:
+    """One ablation run as a table: each row against that run's own default."""
+    rows = ab.get("rows") if "rows" in ab else ab
+    if not rows or len(rows) < 2:
+        return []
+    args = ab.get("arguments") or d["arguments"]
+    base = rows["default"]
+    n = args.get("train_sessions")
+    budget = f"a reduced budget: {n:,} training sessions, " if n else "all training sessions, "
+    sha = str(ab.get("git_sha") or d["environment"]["git_sha"])[:10]
+    changed = [f"{k} {args[k]!r} (now {d['arguments'].get(k)!r})" if k in args else
+               f"{k} (not an option yet; now {d['arguments'].get(k)!r})"
+               for k in DEFAULTS_SHOWN if args.get(k) != d["arguments"].get(k)]
+    differs = f" Their default differed from today's in: {', '.join(changed)}." if changed else ""
+    lines = [f"Ablations: each row retrains the default with one part changed, at {budget}"
+             f"{args['epochs']} epochs; validation P@20 / MRR@20 (the last 5% of training "
+             f"sessions; git {sha}).{differs}",
+             "", "| variant | valid P@20 | valid MRR@20 | Δ P@20 | Δ MRR@20 | train s |",
+             "|---|---|---|---|---|---|"]
+    for name, v in rows.items():
+        lines.append(f"| {name} | {v['valid_P@20']:.2f} | {v['valid_MRR@20']:.2f} | "
+                     f"{v['valid_P@20'] - base['valid_P@20']:+.2f} | "
+                     f"{v['valid_MRR@20'] - base['valid_MRR@20']:+.2f} | {v['train_seconds']:.0f} |")
+    return lines + [""]
 
 
 def next_item_elsewhere(d: dict[str, Any]) -> list[str]:

@@ -73,8 +73,8 @@ class GRUConfig:
     # the repeat gate also reads the window's statistics (`window_stats`: its length, how many of
     # its items are repeats, whether the newest item is one): whether the next click returns to
     # something already seen is mostly a property of the session so far, which the GRU state
-    # (behind dropout) carries poorly. Measured on Diginetica, a gate on the state alone ranks
-    # repeat rows above new ones with AUC 0.59; these five numbers alone reach 0.64-0.68.
+    # (behind dropout) carries poorly. Measured on Diginetica test rows, a gate on the state alone
+    # ranks repeat rows above new ones with AUC 0.59; the window's repeat count alone, 0.64.
     gate_window_stats: bool = False
 
     @property

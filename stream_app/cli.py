@@ -198,7 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = GRUConfig(n_items=0, n_categories=0, emb_dim=32 if quick else args.hidden,
                     hidden=32 if quick else args.hidden, churn_horizon_s=args.horizon,
                     repeat_flag=True, gap_buckets=True, window_attention=args.window_readout,
-                    last_item_readout=args.window_readout)
+                    last_item_readout=args.window_readout, gate_window_stats=args.window_readout)
     tcfg = TrainConfig(epochs=3 if quick else args.epochs, max_seconds=args.max_seconds,
                        batch_tokens=args.batch_tokens or (1024 if quick else 4096),
                        sampled_negatives=args.negatives,
@@ -495,7 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     # scoring time on every event
     tr.add_argument("--window-readout", action=argparse.BooleanOptionalAction, default=False,
                     help="next-item query reads attention over the user's window and the newest "
-                         "item next to the GRU state (more scoring time per event)")
+                         "item next to the GRU state, and the repeat gate the window's statistics "
+                         "(more scoring time per event)")
     tr.add_argument("--negatives", type=_count(0), default=0,
                     help="item head trained with a sampled softmax: the batch's next items plus "
                          "N popularity^0.75 draws (0: the full softmax over the catalogue)")

@@ -1,10 +1,11 @@
 """The next-item readout options (window attention, the newest item in the query, cosine scoring,
-no repeat channel, in-batch and mixed negatives) keep the model's contracts: step == forward,
-the training loss path equals the full distribution, serving's top-K is the top of that
-distribution."""
+no repeat channel, the gate's window statistics, in-batch and mixed negatives) keep the model's
+contracts: step == forward, the training loss path equals the full distribution, serving's top-K
+is the top of that distribution; the gate's calibration ranks as evaluation does."""
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
 
@@ -12,9 +13,19 @@ import numpy as np
 import pytest
 import torch
 
-from models.data import make_batch
+from models.data import from_sequences, make_batch
+from models.evaluate import predict
 from models.gru import ClickstreamGRU
-from models.train import NegativeSampler, batch_losses, run_incremental
+from models.metrics import recall_mrr_at_k
+from models.train import (
+    GATE_SHIFTS,
+    NegativeSampler,
+    TrainConfig,
+    batch_losses,
+    calibrate_repeat_gate,
+    fit,
+    run_incremental,
+)
 
 from .test_model import CFG, random_data
 
@@ -141,3 +152,50 @@ def test_window_stats_by_hand():
     torch.testing.assert_close(got, want)
     # (B, T, W) sequences give the same numbers position by position
     torch.testing.assert_close(window_stats(window.unsqueeze(0), item.unsqueeze(0))[0], want)
+
+
+def _repeat_heavy_data(seed: int, n: int = 40):
+    """Sessions that often return to an item seen a few events before."""
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for _ in range(n):
+        seen: list[int] = []
+        events = []
+        for t in range(int(rng.integers(2, 12))):
+            item = (int(rng.choice(seen)) if seen and rng.random() < 0.4
+                    else int(rng.integers(1, CFG.n_items + 1)))
+            seen.append(item)
+            events.append((0, item, 0, 1.7e9 + 10.0 * t, math.nan))
+        seqs.append(events)
+    return from_sequences(seqs, has_time=True)
+
+
+def test_gate_calibration_ranks_as_predict_does_and_keeps_the_best_validation_mrr():
+    cfg = replace(CFG, window_attention=True, last_item_readout=True, gate_window_stats=True)
+    model = _model(cfg, seed=3)
+    data = _repeat_heavy_data(seed=5)
+    probe = copy.deepcopy(model)
+    before = model.gate.bias.detach().clone()
+    got = calibrate_repeat_gate(model, data, TrainConfig(batch_tokens=64), "cpu", rows_per_chunk=7)
+    assert got["positions"] > 100
+    for shift, row in got["by_shift"].items():
+        shifted = copy.deepcopy(probe)
+        with torch.no_grad():
+            shifted.gate.bias += float(shift)
+        p, r = recall_mrr_at_k(predict(shifted, data, None, cfg.n_items).item_ranks, 20)
+        assert row == {"P@20": round(100 * p, 2), "MRR@20": round(100 * r, 2)}, shift
+    mrr = [row["MRR@20"] for row in got["by_shift"].values()]
+    assert len(set(mrr)) > 1  # the shift matters on this data
+    assert got["by_shift"][str(got["shift"])]["MRR@20"] == max(mrr)
+    torch.testing.assert_close(model.gate.bias.detach(), before + got["shift"])
+
+
+def test_fit_calibrates_the_gate_only_when_asked_and_when_there_is_one():
+    data = _repeat_heavy_data(seed=6)
+    tcfg = TrainConfig(epochs=1, batch_tokens=64, w_action=0.0, w_churn=0.0)
+    _, report = fit(CFG, data, data, tcfg, device="cpu")
+    assert report["gate_calibration"]["shift"] in GATE_SHIFTS
+    _, report = fit(CFG, data, data, replace(tcfg, calibrate_gate=False), device="cpu")
+    assert "gate_calibration" not in report
+    _, report = fit(replace(CFG, repeat_head=False), data, data, tcfg, device="cpu")
+    assert "gate_calibration" not in report
