@@ -300,8 +300,7 @@ class ClickstreamGRU(nn.Module):
         Inference only (computed in place, it is the serving hot path); training uses
         `item_target_log_prob`."""
         att = self._repeat_attention(rq, window) * out.repeat_gate.unsqueeze(-1)
-        p = torch.softmax(self.explore_logits(out), dim=-1)
-        return p.mul_(1 - att.sum(-1, keepdim=True)).scatter_add_(-1, window, att)
+        return mixture_probs(torch.softmax(self.explore_logits(out), dim=-1), att, window)
 
     def item_log_probs(self, out: Outputs, rq: Tensor, window: Tensor) -> Tensor:
         """log of `next_item_probs` (..., V)."""
@@ -353,21 +352,19 @@ class ClickstreamGRU(nn.Module):
                    - neg_log_q)
             neg = neg.masked_fill(negatives == target.unsqueeze(-1), float("-inf"))
             log_explore = pos - torch.logsumexp(torch.cat([pos.unsqueeze(-1), neg], dim=-1), dim=-1)
-        return mixture_log_prob(log_explore, out.repeat_gate, *self.repeat_target_prob(rq, window, target))
-
-    def repeat_target_prob(self, rq: Tensor, window: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """(p_rep, has_window), each (...): the repeat channel's probability of `target`, and
-        whether the window holds anything at all (the gate counts only then)."""
         att = self._repeat_attention(rq, window)
+        has_window = (att.sum(-1) > 0).float()
+        g = out.repeat_gate * has_window
         p_rep = (att * (window == target.unsqueeze(-1)).float()).sum(-1)
-        return p_rep, (att.sum(-1) > 0).float()
+        return torch.logaddexp(torch.log1p(-g.clamp(max=1 - 1e-6)) + log_explore,
+                               torch.log(g * p_rep + 1e-30))
 
 
-def mixture_log_prob(log_explore: Tensor, gate: Tensor, p_rep: Tensor, has_window: Tensor) -> Tensor:
-    """log p(target) of the next-item mixture from its parts (...): the explore channel's log
-    probability, the gate, the repeat channel's probability, whether the window is non-empty."""
-    g = gate * has_window
-    return torch.logaddexp(torch.log1p(-g.clamp(max=1 - 1e-6)) + log_explore, torch.log(g * p_rep + 1e-30))
+def mixture_probs(explore: Tensor, repeat: Tensor, window: Tensor) -> Tensor:
+    """The next-item distribution (..., V) from the explore softmax (..., V), scaled in place by
+    the mass the window leaves it, and the gated repeat attention over the window (..., W), added
+    to the window's items."""
+    return explore.mul_(1 - repeat.sum(-1, keepdim=True)).scatter_add_(-1, window, repeat)
 
 
 def window_stats(window: Tensor, item: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import IGNORE, Batch, SeqData, batches, make_batch
-from .gru import ClickstreamGRU, Events, GRUConfig, sequence_profile
+from .gru import ClickstreamGRU, Events, GRUConfig, mixture_probs, sequence_profile
 
 
 @dataclass(frozen=True)
@@ -344,7 +344,7 @@ def calibrate_repeat_gate(model: ClickstreamGRU, data: SeqData, tcfg: TrainConfi
             z = torch.logit(sub.repeat_gate.clamp(1e-6, 1 - 1e-6))
             for j, shift in enumerate(shifts):
                 g = torch.sigmoid(z + shift).unsqueeze(-1)
-                p = (explore * (1 - g)).scatter_add_(-1, window, att * g)[:, 1:1 + n_known]
+                p = mixture_probs(explore.clone(), att * g, window)[:, 1:1 + n_known]
                 rank = (p > p.gather(-1, target.unsqueeze(-1) - 1)).sum(-1) + 1
                 top = rank <= k
                 hits[j] += top.sum()

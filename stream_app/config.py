@@ -32,7 +32,9 @@ class Settings:
     batch_max: int = 512  # events per micro-batch
     batch_within_s: float = 0.02  # longest a batch's first event waits for more to arrive
     batch_idle_s: float = 0.002  # a batch closes once no event has arrived for this long
-    batch_behind_within_s: float = 0.02  # batch_within_s while the broker holds more (behind)
+    # longest a batch's first event waits while the broker holds more (behind); its own setting:
+    # changing batch_within_s leaves it as it is
+    batch_behind_within_s: float = 0.02
     producer_linger_ms: int = 2  # lets the producer pack a batch's sends into fewer requests
     # batches whose outputs the broker is still acknowledging while the next one is scored; their
     # rows are held in memory (PendingRows) until the changelog has them
