@@ -121,6 +121,9 @@ ABLATIONS: dict[str, dict[str, object]] = {
     "no repeat channel": {"repeat": False},
     "repeat gate on the GRU state only (no window statistics)": {"gate_stats": False},
     "repeat gate as trained (no shift chosen on validation MRR@20)": {"calibrate_gate": False},
+    "no transition table": {"transitions": 0},
+    "transition table of direct successors only (reach 1, no predecessors)": {
+        "transition_reach": 1, "transition_backward": 0.0},
     "no weight decay (the previous default)": {"weight_decay": 0.0},
     "batches of 4096 tokens (the previous default)": {"batch_tokens": 4096},
     "with batches of 512 tokens": {"batch_tokens": 512},
@@ -161,12 +164,15 @@ def build_config(args: argparse.Namespace, n_items: int) -> tuple[GRUConfig, Tra
                     emb_dim=args.emb, hidden=args.hidden, dropout=args.dropout, window=20,
                     window_attention=args.attention, cosine=args.cosine,
                     cosine_scale=args.scale, repeat_head=args.repeat,
-                    last_item_readout=args.last_item, gate_window_stats=args.gate_stats)
+                    last_item_readout=args.last_item, gate_window_stats=args.gate_stats,
+                    transition_k=args.transitions)
     tcfg = TrainConfig(epochs=args.epochs, lr=args.lr, w_action=0.0, w_churn=0.0,
                        batch_tokens=args.batch_tokens, max_seconds=args.max_seconds,
                        sampled_negatives=args.negatives, negatives_from=args.negatives_from,
                        patience=args.patience, lr_decay=args.lr_decay,
-                       weight_decay=args.weight_decay, calibrate_gate=args.calibrate_gate)
+                       weight_decay=args.weight_decay, calibrate_gate=args.calibrate_gate,
+                       transition_reach=args.transition_reach,
+                       transition_backward=args.transition_backward)
     return cfg, tcfg
 
 
@@ -234,6 +240,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calibrate-gate", action=argparse.BooleanOptionalAction, default=True,
                     help="after training, shift the repeat gate to the best validation MRR@20 "
                          "(models.train.calibrate_repeat_gate)")
+    ap.add_argument("--transitions", type=int, default=30,
+                    help="keep each item's N most frequent successors as a table mixed into the "
+                         "next-item distribution, weighted on validation (0: none)")
+    ap.add_argument("--transition-reach", type=int, default=TrainConfig.transition_reach,
+                    help="an item up to this many events after another counts as its successor "
+                         "(1/distance each)")
+    ap.add_argument("--transition-backward", type=float, default=TrainConfig.transition_backward,
+                    help="... and as its predecessor at this weight (/distance)")
     # a full softmax over 43k items costs about 3x the wall time of a sampled one per epoch on 2
     # CPU cores and, at equal wall time, ends far behind (see the ablations). Negatives: the
     # batch's own next items (~800 per batch) beat 2,048 popularity-sampled ones; both together

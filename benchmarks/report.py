@@ -32,8 +32,9 @@ def _env(d: dict[str, Any]) -> str:
 
 # model and training arguments whose default an ablation run may predate (not its budget)
 DEFAULTS_SHOWN = ("negatives", "negatives_from", "cosine", "scale", "attention", "last_item", "repeat",
-                  "gate_stats", "calibrate_gate", "emb", "hidden", "dropout", "lr", "lr_decay",
-                  "weight_decay", "batch_tokens")
+                  "gate_stats", "calibrate_gate", "transitions", "transition_reach",
+                  "transition_backward", "emb", "hidden",
+                  "dropout", "lr", "lr_decay", "weight_decay", "batch_tokens")
 
 
 def next_item(d: dict[str, Any]) -> list[str]:
@@ -67,6 +68,16 @@ def next_item(d: dict[str, Any]) -> list[str]:
                   f"the best validation MRR@20 under the full distribution ({at0['P@20']:.2f} / "
                   f"{at0['MRR@20']:.2f} as trained, {best['P@20']:.2f} / {best['MRR@20']:.2f} "
                   f"shifted).", ""]
+    tcal = t.get("transition_calibration")
+    if tcal and tcal.get("by_weight"):
+        at0, best = tcal["by_weight"]["0.0"], tcal["by_weight"][str(tcal["weight"])]
+        a = d["arguments"]
+        lines += [f"Transition table: each item's {a['transitions']} most frequent neighbours in "
+                  f"training (an item up to {a['transition_reach']} events later counts 1/distance, "
+                  f"one before it {a['transition_backward']}/distance), mixed "
+                  f"into the explore distribution at weight {tcal['weight']}, the weight with the best "
+                  f"validation MRR@20 ({at0['P@20']:.2f} / {at0['MRR@20']:.2f} without it, "
+                  f"{best['P@20']:.2f} / {best['MRR@20']:.2f} with it).", ""]
     # the ablation run itself (next_item_ablations.json) when there is one, else the rows the main
     # run copied when it ran; then later, smaller ablation runs (next_item_ablations_*.json)
     def run(doc: dict[str, Any]) -> dict[str, Any]:

@@ -191,3 +191,42 @@ def batches(data: SeqData, cfg: GRUConfig, max_tokens: int, shuffle: bool,
         (rng or np.random.default_rng()).shuffle(groups)  # type: ignore[arg-type]
     for g in groups:
         yield make_batch(data, g, cfg)
+
+
+def item_transitions(data: SeqData, cfg: GRUConfig, reach: int = 1,
+                     backward: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Each known item's `cfg.transition_k` most frequent neighbours within a row: (item_vocab,
+    k) item indices and (item_vocab, k) probabilities (rows sum to 1; 0 for an item with no
+    neighbour). An item `d` <= `reach` events after another counts 1/d as its successor and
+    `backward`/d the other way round (items viewed together lead to each other both ways);
+    repeats of the item itself, events without an item and hash buckets are left out (bucket
+    indices move when a warm start grows the vocabulary). Ties go to the lower index (the more
+    frequent item in a frequency-ordered vocabulary)."""
+    n_known, k, vocab = cfg.n_items, cfg.transition_k, cfg.item_vocab
+    row_of = np.repeat(np.arange(len(data)), data.lengths())
+    src, dst, wt = [], [], []
+    for d in range(1, reach + 1):
+        a, b = data.item[:-d], data.item[d:]
+        keep = (row_of[:-d] == row_of[d:]) & (a >= 1) & (a <= n_known) & (b >= 1) & (b <= n_known) & (a != b)
+        src.append(a[keep])
+        dst.append(b[keep])
+        wt.append(np.full(int(keep.sum()), 1.0 / d))
+        if backward:
+            src.append(b[keep])
+            dst.append(a[keep])
+            wt.append(np.full(int(keep.sum()), backward / d))
+    pair, inv = np.unique(np.concatenate(src) * vocab + np.concatenate(dst), return_inverse=True)
+    weight = np.bincount(inv, weights=np.concatenate(wt), minlength=len(pair))
+    a, b = pair // vocab, pair % vocab
+    order = np.lexsort((b, -weight, a))  # by source, heaviest first, then lower index
+    a, b, weight = a[order], b[order], weight[order]
+    first = np.searchsorted(a, a)  # where each source's run starts
+    top = np.arange(len(a)) - first < k
+    a, b, weight = a[top], b[top], weight[top]
+    slot = np.arange(len(a)) - np.searchsorted(a, a)
+    items = np.zeros((vocab, k), np.int32)
+    probs = np.zeros((vocab, k), np.float32)
+    items[a, slot] = b
+    probs[a, slot] = weight
+    probs /= np.maximum(probs.sum(1, keepdims=True), 1e-30)
+    return items, probs

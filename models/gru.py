@@ -11,7 +11,8 @@ next action type, churn, and next item. The next-item head is a mixture (as in R
 an "explore" softmax over the whole catalogue with tied input/output embeddings, and a "repeat"
 distribution over the items in the user's own recent window (the window the stream keeps
 anyway), weighted by a learned gate. Shoppers return to what they just saw, and a catalogue-only
-softmax ranks those items poorly.
+softmax ranks those items poorly. Optionally (`transition_k`) the explore part also takes a share,
+chosen on validation, from a table of what followed the newest item in training.
 
 Pure PyTorch: no I/O, no environment, no printing.
 """
@@ -76,6 +77,12 @@ class GRUConfig:
     # (behind dropout) carries poorly. Measured on Diginetica test rows, a gate on the state alone
     # ranks repeat rows above new ones with AUC 0.59; the window's repeat count alone, 0.64.
     gate_window_stats: bool = False
+    # a first-order prior over the next item (GCE-GNN's global item graph, as a lookup instead of
+    # a GNN per event): each known item's `transition_k` most frequent successors in the training
+    # data (`models.data.item_transitions`), mixed into the explore distribution with a weight
+    # chosen on validation after training (`models.train.calibrate_transitions`). The GRU ranks
+    # items it has learned well; the table adds what was seen to follow this exact item. 0: none
+    transition_k: int = 0
 
     @property
     def item_vocab(self) -> int:
@@ -136,6 +143,11 @@ class Outputs:
 
 class ClickstreamGRU(nn.Module):
     gap_edges: Tensor  # (len(GAP_EDGES_S),) log1p of the gap bucket edges, a buffer
+    # with transition_k, buffers saved with the weights: (item_vocab, K) neighbour indices (int32)
+    # and probabilities, and their weight in the explore distribution (a scalar)
+    trans_items: Tensor
+    trans_probs: Tensor
+    trans_weight: Tensor
 
     def __init__(self, cfg: GRUConfig) -> None:
         super().__init__()
@@ -169,6 +181,11 @@ class ClickstreamGRU(nn.Module):
         self.repeat_query = nn.Linear(H, E)
         self.recency = nn.Parameter(torch.zeros(cfg.window))  # bias by position in the window
         self.gate = nn.Linear(H + (GATE_STATS_DIM if cfg.gate_window_stats else 0), 1)
+        if cfg.transition_k:  # filled after training (set_transitions); empty rows mix nothing in
+            size = (cfg.item_vocab, cfg.transition_k)
+            self.register_buffer("trans_items", torch.zeros(size, dtype=torch.int32))
+            self.register_buffer("trans_probs", torch.zeros(size))
+            self.register_buffer("trans_weight", torch.zeros(()))
         nn.init.normal_(self.item_emb.weight, std=1.0 / math.sqrt(E))
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
@@ -262,6 +279,31 @@ class ClickstreamGRU(nn.Module):
         return self._heads(h[-1], x)
 
     # --- next-item distribution -------------------------------------------------------------
+    @torch.no_grad()
+    def set_transitions(self, items: Tensor, probs: Tensor, weight: float = 0.0) -> None:
+        """Install the successor table (item_vocab, transition_k) each: `items` indices, `probs`
+        their probabilities (rows sum to 1, or 0 for an item with no successors), and the weight
+        the table gets in the explore distribution."""
+        self.trans_items.copy_(items)
+        self.trans_probs.copy_(probs)
+        self.trans_weight.fill_(weight)
+
+    def _transitions(self, window: Tensor, weight: Tensor | float | None = None) -> tuple[Tensor, Tensor]:
+        """The newest item's weighted successors: indices (..., K) and mass (..., K), which sums
+        to `weight` (default `trans_weight`; 0 when the newest event has no item or the item no
+        successors)."""
+        newest = window[..., -1]
+        w = self.trans_weight if weight is None else weight
+        return self.trans_items[newest].long(), self.trans_probs[newest] * w
+
+    def mix_transitions(self, explore: Tensor, window: Tensor, weight: float | None = None) -> Tensor:
+        """The explore distribution (..., V), in place, with the newest item's successors mixed in
+        at `weight` (default: the installed one; unchanged without a transition table)."""
+        if not self.cfg.transition_k:
+            return explore
+        idx, mass = self._transitions(window, weight)
+        return explore.mul_(1 - mass.sum(-1, keepdim=True)).scatter_add_(-1, idx, mass)
+
     def _repeat_attention(self, rq: Tensor, window: Tensor) -> Tensor:
         """Softmax over window positions (..., W); empty slots get 0."""
         w_emb = self.item_emb(window)  # (..., W, E)
@@ -300,7 +342,8 @@ class ClickstreamGRU(nn.Module):
         Inference only (computed in place, it is the serving hot path); training uses
         `item_target_log_prob`."""
         att = self._repeat_attention(rq, window) * out.repeat_gate.unsqueeze(-1)
-        return mixture_probs(torch.softmax(self.explore_logits(out), dim=-1), att, window)
+        explore = self.mix_transitions(torch.softmax(self.explore_logits(out), dim=-1), window)
+        return mixture_probs(explore, att, window)
 
     def item_log_probs(self, out: Outputs, rq: Tensor, window: Tensor) -> Tensor:
         """log of `next_item_probs` (..., V)."""
@@ -352,6 +395,11 @@ class ClickstreamGRU(nn.Module):
                    - neg_log_q)
             neg = neg.masked_fill(negatives == target.unsqueeze(-1), float("-inf"))
             log_explore = pos - torch.logsumexp(torch.cat([pos.unsqueeze(-1), neg], dim=-1), dim=-1)
+        if self.cfg.transition_k:  # as mix_transitions, for the target only
+            idx, mass = self._transitions(window)
+            to_target = (mass * (idx == target.unsqueeze(-1))).sum(-1)
+            log_explore = torch.logaddexp(torch.log1p(-mass.sum(-1).clamp(max=1 - 1e-6)) + log_explore,
+                                          torch.log(to_target + 1e-30))
         att = self._repeat_attention(rq, window)
         has_window = (att.sum(-1) > 0).float()
         g = out.repeat_gate * has_window

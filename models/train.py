@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import IGNORE, Batch, SeqData, batches, make_batch
+from .data import IGNORE, Batch, SeqData, batches, item_transitions, make_batch
 from .gru import ClickstreamGRU, Events, GRUConfig, mixture_probs, sequence_profile
 
 
@@ -50,6 +50,11 @@ class TrainConfig:
     # after training, shift the repeat gate's bias to the best validation MRR@20 under the full
     # distribution (`calibrate_repeat_gate`); a no-op without a repeat channel or validation data
     calibrate_gate: bool = True
+    # a model with a transition table (GRUConfig.transition_k), built after training by
+    # `item_transitions`: an item up to `transition_reach` events after another counts 1/distance
+    # as its successor and `transition_backward`/distance as its predecessor
+    transition_reach: int = 3
+    transition_backward: float = 0.5
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -297,37 +302,39 @@ def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig
     report = {"train_config": asdict(tcfg), "device": str(dev), "epochs_run": len(history),
               "warm_start": init is not None,
               "best_valid_loss": best, "history": history}
+    if cfg.transition_k:  # the table from the training part; its weight stays 0 until calibrated
+        items, probs = item_transitions(train, cfg, tcfg.transition_reach, tcfg.transition_backward)
+        model.set_transitions(torch.from_numpy(items), torch.from_numpy(probs))
     if tcfg.calibrate_gate and cfg.repeat_head and valid is not None:
         report["gate_calibration"] = calibrate_repeat_gate(model, valid, tcfg, dev, valid_from_ts)
+    if cfg.transition_k and valid is not None:
+        report["transition_calibration"] = calibrate_transitions(model, valid, tcfg, dev, valid_from_ts)
     report["train_seconds"] = time.monotonic() - t0
     return model, report
 
 
 GATE_SHIFTS = tuple(s / 2 for s in range(-2, 9))  # -1.0 .. +4.0 in steps of 0.5
+TRANSITION_WEIGHTS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3)
+# mixes the explore softmax (..., V), the repeat attention (..., W), the gate's logit (...) and the
+# window into the next-item distribution of one candidate setting (its index)
+Mix = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def calibrate_repeat_gate(model: ClickstreamGRU, data: SeqData, tcfg: TrainConfig,
-                          device: torch.device | str, from_ts: float | None = None,
-                          rows_per_chunk: int | None = None, k: int = 20) -> dict[str, Any]:
-    """Shift the repeat gate's logit (its bias, so the model stays one set of weights) by the
-    value in GATE_SHIFTS with the best validation MRR@k, ranking the full next-item distribution
-    over the known items as serving does. Training's likelihood is set by the many targets far
-    down the list; the order at the top is set by how the window's items compare with the best
-    catalogue items, and there the trained gate trusts the window too little (Diginetica, 60k
-    training sessions: the likelihood-optimal shift is +0.25, the test MRR@20 rises by 0.45 from
-    a +1.5 shift with P@20 level). Returns the shift and validation P@k/MRR@k per shift.
-
-    Positions go through in chunks of `rows_per_chunk` (default: 2**24 catalogue-wide
-    probabilities, 64 MB each, whatever the catalogue's size)."""
+def _validation_ranks(model: ClickstreamGRU, data: SeqData, tcfg: TrainConfig,
+                      device: torch.device | str, from_ts: float | None, n: int, mix: Mix,
+                      rows_per_chunk: int | None, k: int) -> tuple[list[float], list[float], int]:
+    """P@k and MRR@k (fractions) of `n` candidate mixtures on the validation positions whose next
+    item is known, ranking the full distribution over the known items as serving does, and the
+    number of positions. Positions go through in chunks of `rows_per_chunk` (default: 2**24
+    catalogue-wide probabilities, 64 MB each, whatever the catalogue's size)."""
     model.eval()
     if rows_per_chunk is None:
         rows_per_chunk = max(1, (1 << 24) // model.cfg.item_vocab)
     n_known = model.cfg.n_items
-    shifts = torch.tensor(GATE_SHIFTS, device=device)
-    hits = torch.zeros(len(GATE_SHIFTS), dtype=torch.float64, device=device)
+    hits = torch.zeros(n, dtype=torch.float64, device=device)
     rr = torch.zeros_like(hits)
-    n = 0
+    count = 0
     for b in batches(data, model.cfg, tcfg.batch_tokens, shuffle=False):
         mask = _eval_mask(b, data, from_ts)
         b = b.to(device)
@@ -342,23 +349,72 @@ def calibrate_repeat_gate(model: ClickstreamGRU, data: SeqData, tcfg: TrainConfi
             explore = torch.softmax(model.explore_logits(sub), dim=-1)
             att = model._repeat_attention(rq[part], window)
             z = torch.logit(sub.repeat_gate.clamp(1e-6, 1 - 1e-6))
-            for j, shift in enumerate(shifts):
-                g = torch.sigmoid(z + shift).unsqueeze(-1)
-                p = mixture_probs(explore.clone(), att * g, window)[:, 1:1 + n_known]
+            for j in range(n):
+                p = mix(j, explore.clone(), att, z, window)[:, 1:1 + n_known]
                 rank = (p > p.gather(-1, target.unsqueeze(-1) - 1)).sum(-1) + 1
                 top = rank <= k
                 hits[j] += top.sum()
                 rr[j] += (top / rank).sum()
-            n += len(target)
-    if not n:
+            count += len(target)
+    if not count:
+        return [], [], 0
+    return (hits / count).tolist(), (rr / count).tolist(), count
+
+
+def _choose(grid: tuple[float, ...], p: list[float], mrr: list[float], count: int, k: int,
+            name: str) -> dict[str, Any]:
+    """The grid value with the best MRR@k (ties: the smallest change), and the table."""
+    best = max(range(len(grid)), key=lambda j: (round(mrr[j], 6), -abs(grid[j])))
+    return {name: grid[best], "positions": count, "selected_on": f"validation MRR@{k}",
+            f"by_{name}": {str(v): {f"P@{k}": round(100 * p[j], 2), f"MRR@{k}": round(100 * mrr[j], 2)}
+                           for j, v in enumerate(grid)}}
+
+
+@torch.no_grad()
+def calibrate_repeat_gate(model: ClickstreamGRU, data: SeqData, tcfg: TrainConfig,
+                          device: torch.device | str, from_ts: float | None = None,
+                          rows_per_chunk: int | None = None, k: int = 20) -> dict[str, Any]:
+    """Shift the repeat gate's logit (its bias, so the model stays one set of weights) by the
+    value in GATE_SHIFTS with the best validation MRR@k, ranking the full next-item distribution
+    over the known items as serving does. Training's likelihood is set by the many targets far
+    down the list; the order at the top is set by how the window's items compare with the best
+    catalogue items, and there the trained gate trusts the window too little (Diginetica, 60k
+    training sessions: the likelihood-optimal shift is +0.25, the test MRR@20 rises by 0.45 from
+    a +1.5 shift with P@20 level). Returns the shift and validation P@k/MRR@k per shift."""
+    def mix(j: int, explore: torch.Tensor, att: torch.Tensor, z: torch.Tensor,
+            window: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(z + GATE_SHIFTS[j]).unsqueeze(-1)
+        return mixture_probs(model.mix_transitions(explore, window), att * g, window)
+
+    p, mrr, count = _validation_ranks(model, data, tcfg, device, from_ts, len(GATE_SHIFTS), mix,
+                                      rows_per_chunk, k)
+    if not count:
         return {"shift": 0.0, "positions": 0}
-    mrr = (rr / n).tolist()
-    best = max(range(len(GATE_SHIFTS)), key=lambda j: (round(mrr[j], 6), -abs(GATE_SHIFTS[j])))
-    model.gate.bias.add_(GATE_SHIFTS[best])
-    return {"shift": GATE_SHIFTS[best], "positions": n, "selected_on": f"validation MRR@{k}",
-            "by_shift": {str(sh): {f"P@{k}": round(100 * float(hits[j]) / n, 2),
-                                   f"MRR@{k}": round(100 * mrr[j], 2)}
-                         for j, sh in enumerate(GATE_SHIFTS)}}
+    out = _choose(GATE_SHIFTS, p, mrr, count, k, "shift")
+    model.gate.bias.add_(out["shift"])
+    return out
+
+
+@torch.no_grad()
+def calibrate_transitions(model: ClickstreamGRU, data: SeqData, tcfg: TrainConfig,
+                          device: torch.device | str, from_ts: float | None = None,
+                          rows_per_chunk: int | None = None, k: int = 20) -> dict[str, Any]:
+    """Set the transition table's weight in the explore distribution to the value in
+    TRANSITION_WEIGHTS with the best validation MRR@k (ranked as `calibrate_repeat_gate` ranks,
+    with the gate as it stands). The table is not trained with the GRU, so its weight is chosen
+    where it is used: at the top of the ranking. Returns the weight and P@k/MRR@k per weight."""
+    def mix(j: int, explore: torch.Tensor, att: torch.Tensor, z: torch.Tensor,
+            window: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(z).unsqueeze(-1)
+        return mixture_probs(model.mix_transitions(explore, window, TRANSITION_WEIGHTS[j]), att * g, window)
+
+    p, mrr, count = _validation_ranks(model, data, tcfg, device, from_ts, len(TRANSITION_WEIGHTS),
+                                      mix, rows_per_chunk, k)
+    if not count:
+        return {"weight": 0.0, "positions": 0}
+    out = _choose(TRANSITION_WEIGHTS, p, mrr, count, k, "weight")
+    model.trans_weight.fill_(out["weight"])
+    return out
 
 
 # --- running a trained model ----------------------------------------------------------------

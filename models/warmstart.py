@@ -6,7 +6,8 @@ Rule for the vocabulary (documented in the README's model lifecycle):
 - items and categories new in the training part get new rows after the old ones, in order of
   frequency; a new item's row (and output bias) starts as the champion's hash-bucket row that
   item used to fall into, so the challenger starts from what the champion knew of it;
-- hash-bucket rows move along (same bucket, new offset); every other weight is copied as is.
+- hash-bucket rows move along (same bucket, new offset); every other weight is copied as is
+  (a transition table too: it names known items only; training rebuilds it anyway).
 The table only grows; it is bounded by the catalogue, and an operator can retrain from scratch
 (`stream-app train`) to drop what is gone for good.
 Pure PyTorch: no I/O.
@@ -55,6 +56,9 @@ def widen(model: ClickstreamGRU, old_items: Vocab, old_cats: Vocab, items: Vocab
     state["item_emb.weight"] = _grow_rows(state["item_emb.weight"], old_items, items)
     state["item_bias"] = _grow_rows(state["item_bias"], old_items, items)
     state["category_emb.weight"] = _grow_rows(state["category_emb.weight"], old_cats, cats)
+    for name in ("trans_items", "trans_probs"):  # known items only: the old indices stay valid
+        if name in state:
+            state[name] = _grow_rows(state[name], old_items, items)
     new = ClickstreamGRU(cfg)
     new.load_state_dict(state)
     return new

@@ -198,7 +198,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = GRUConfig(n_items=0, n_categories=0, emb_dim=32 if quick else args.hidden,
                     hidden=32 if quick else args.hidden, churn_horizon_s=args.horizon,
                     repeat_flag=True, gap_buckets=True, window_attention=args.window_readout,
-                    last_item_readout=args.window_readout, gate_window_stats=args.window_readout)
+                    last_item_readout=args.window_readout, gate_window_stats=args.window_readout,
+                    transition_k=args.transitions)
     tcfg = TrainConfig(epochs=3 if quick else args.epochs, max_seconds=args.max_seconds,
                        batch_tokens=args.batch_tokens or (1024 if quick else 4096),
                        sampled_negatives=args.negatives,
@@ -491,12 +492,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--hidden", type=int, default=128)
     tr.add_argument("--horizon", type=float, default=1800.0, help="churn horizon in seconds")
     # the next-item recipe of benchmarks.next_item (Diginetica): --window-readout --negatives 8192
-    # --batch-tokens 1024 --lr-decay 0.5 --weight-decay 1e-5; off by default: the readout costs
-    # scoring time on every event
+    # --batch-tokens 1024 --lr-decay 0.5 --weight-decay 1e-5 --transitions 30; off by default:
+    # the readout costs scoring time on every event
     tr.add_argument("--window-readout", action=argparse.BooleanOptionalAction, default=False,
                     help="next-item query reads attention over the user's window and the newest "
                          "item next to the GRU state, and the repeat gate the window's statistics "
                          "(more scoring time per event)")
+    tr.add_argument("--transitions", type=_count(0), default=0,
+                    help="keep each item's N most frequent successors in training as a table mixed "
+                         "into the next-item distribution at a weight chosen on validation (0: none)")
     tr.add_argument("--negatives", type=_count(0), default=0,
                     help="item head trained with a sampled softmax: the batch's next items plus "
                          "N popularity^0.75 draws (0: the full softmax over the catalogue)")

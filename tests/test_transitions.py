@@ -1,0 +1,188 @@
+"""The transition table (GRUConfig.transition_k): how it is counted from the training rows, how it
+mixes into the next-item distribution (the same on the training, evaluation and serving paths),
+how its weight is calibrated, and that it survives a checkpoint and a warm start."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import load_version, save_version
+from models.data import Vocab, from_sequences, item_transitions, make_batch
+from models.evaluate import predict
+from models.gru import ClickstreamGRU
+from models.metrics import recall_mrr_at_k
+from models.train import TRANSITION_WEIGHTS, TrainConfig, calibrate_transitions, fit, run_incremental
+from models.warmstart import widen
+
+from .test_model import CFG, random_data
+
+TCFG = replace(CFG, transition_k=3)
+
+
+def _rows(*seqs):
+    return from_sequences([[(0, i, 0, 1.7e9 + 10.0 * t, math.nan) for t, i in enumerate(s)] for s in seqs],
+                          has_time=True)
+
+
+def test_successors_are_counted_within_rows_by_distance_and_known_items_only():
+    bucket = CFG.n_items + 1  # a hash bucket: never a source or a successor
+    data = _rows([1, 2, 3, 2, 2, 4], [1, 3, bucket, 5], [4, 0, 1])
+    items, probs = item_transitions(data, TCFG, reach=2)
+    assert items.shape == probs.shape == (CFG.item_vocab, 3)
+
+    def row(i):
+        return {int(j): round(float(p), 6) for j, p in zip(items[i], probs[i], strict=True) if p > 0}
+
+    # item 1: 2 at d1, 3 at d2 in the first row and at d1 in the second (-> 3 weighs 1.5)
+    assert row(1) == {2: 0.4, 3: 0.6}
+    # item 2: 3 at d1; 4 at d1 and at d2 (1.5); 2 -> 2 is a repeat, not a transition
+    assert row(2) == {3: 0.4, 4: 0.6}
+    assert list(items[2][:2]) == [4, 3]  # the heaviest first
+    # item 3: 2 at d1 and d2 (1.5); 5 at d2 across the bucket, which counts for distance only
+    assert row(3) == {2: 0.75, 5: 0.25}
+    assert row(4) == {1: 1.0}  # across an event without an item (a search), at d2
+    assert row(5) == {} and row(bucket) == {} and row(0) == {}
+    np.testing.assert_allclose(probs.sum(1)[[1, 2, 3, 4]], 1.0, rtol=1e-6)
+    # equal weights: the lower index first
+    items, _ = item_transitions(_rows([7, 9], [7, 8]), TCFG)
+    assert list(items[7][:2]) == [8, 9]
+
+
+def test_predecessors_count_at_the_backward_weight():
+    items, probs = item_transitions(_rows([1, 2, 3], [2, 9]), TCFG, reach=2, backward=0.5)
+
+    def row(i):
+        return {int(j): round(float(p), 6) for j, p in zip(items[i], probs[i], strict=True) if p > 0}
+
+    # item 2: 3 and 9 after it (1 each), 1 before it (0.5)
+    assert row(2) == {3: 0.4, 9: 0.4, 1: 0.2}
+    # item 3: 2 before it at d1 (0.5), 1 at d2 (0.25)
+    assert row(3) == {2: round(0.5 / 0.75, 6), 1: round(0.25 / 0.75, 6)}
+    # item 1: 2 at d1, 3 at d2
+    assert row(1) == {2: round(1 / 1.5, 6), 3: round(0.5 / 1.5, 6)}
+
+
+def test_only_the_top_k_successors_are_kept():
+    data = _rows([1, 2], [1, 2], [1, 2], [1, 3], [1, 3], [1, 4], [1, 5])
+    items, probs = item_transitions(data, replace(CFG, transition_k=2), reach=1)
+    assert list(items[1]) == [2, 3]
+    np.testing.assert_allclose(probs[1], [0.6, 0.4], rtol=1e-6)
+
+
+def _with_table(seed=0, weight=0.3):
+    torch.manual_seed(seed)
+    model = ClickstreamGRU(TCFG).eval()
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(1, 1 + CFG.n_items, (CFG.item_vocab, 3), generator=g, dtype=torch.int32)
+    probs = torch.rand(CFG.item_vocab, 3, generator=g)
+    probs[0] = 0  # "no item" has no successors
+    probs[::4] = 0  # neither have some items
+    model.set_transitions(items, probs / probs.sum(1, keepdim=True).clamp_min(1e-9), weight)
+    return model
+
+
+def test_the_table_mixes_in_on_every_path_alike():
+    model = _with_table()
+    plain = copy.deepcopy(model)
+    with torch.no_grad():
+        plain.trans_weight.zero_()
+    data = random_data(seed=4)
+    b = make_batch(data, list(range(len(data))), TCFG)
+    with torch.no_grad():
+        out, rq, _ = model(b.x)
+        full = model.item_log_probs(out, rq, b.x.window)
+        target = torch.randint(1, TCFG.item_vocab, b.x.item.shape)
+        fast = model.item_target_log_prob(out, rq, b.x.window, target)
+        # by hand: the explore softmax takes 0.3 of its mass from the newest item's successors
+        explore = torch.softmax(model.explore_logits(out), -1)
+        newest = b.x.window[..., -1]
+        q = torch.zeros_like(explore).scatter_add_(-1, model.trans_items[newest].long(),
+                                                   model.trans_probs[newest])
+        has = q.sum(-1, keepdim=True)
+        mixed = (1 - 0.3 * has) * explore + 0.3 * q
+        att = model._repeat_attention(rq, b.x.window) * out.repeat_gate.unsqueeze(-1)
+        want = (mixed * (1 - att.sum(-1, keepdim=True))).scatter_add(-1, b.x.window, att)
+        p_plain = plain.next_item_probs(out, rq, b.x.window)
+    torch.testing.assert_close(full.exp(), want, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(fast, full.gather(-1, target.unsqueeze(-1)).squeeze(-1), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(full.exp().sum(-1), torch.ones_like(fast), atol=1e-4, rtol=1e-4)
+    assert float((full.exp() - p_plain).abs().max()) > 1e-3  # the table does change the ranking
+    got = {}
+
+    def collect(rows, pos, o, rq_t, win):
+        got.update({(int(r), int(t)): lp for r, t, lp in zip(rows, pos, model.item_log_probs(o, rq_t, win),
+                                                             strict=True)})
+
+    run_incremental(model, data, np.arange(len(data)), collect, "cpu")
+    assert len(got) == int(b.valid.sum())
+    for (r, t), lp in got.items():
+        torch.testing.assert_close(lp, full[r, t], atol=1e-5, rtol=1e-5)
+    v, _ = model.top_items(out.map(lambda t: t[0]), rq[0], b.x.window[0], 5, n_known=CFG.n_items)
+    top = full.exp()[0][:, 1:1 + CFG.n_items].topk(5, dim=-1)
+    torch.testing.assert_close(v, top.values, atol=1e-6, rtol=1e-5)
+
+
+def _sequential_data(seed: int, n: int = 60):
+    """Sessions that walk a fixed item graph (item i -> i + 1 or i + 7 mostly): a table learns it."""
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for _ in range(n):
+        item = int(rng.integers(1, CFG.n_items + 1))
+        s = [item]
+        for _ in range(int(rng.integers(2, 10))):
+            step = 1 if rng.random() < 0.6 else (7 if rng.random() < 0.7 else int(rng.integers(1, 50)))
+            item = (item + step - 1) % CFG.n_items + 1
+            s.append(item)
+        seqs.append(s)
+    return _rows(*seqs)
+
+
+def test_calibration_ranks_as_predict_does_and_keeps_the_best_validation_mrr():
+    data = _sequential_data(seed=1)
+    model = _with_table(seed=2, weight=0.0)
+    items, probs = item_transitions(data, TCFG)
+    model.set_transitions(torch.from_numpy(items), torch.from_numpy(probs))
+    probe = copy.deepcopy(model)
+    got = calibrate_transitions(model, data, TrainConfig(batch_tokens=64), "cpu", rows_per_chunk=7)
+    assert got["positions"] > 200
+    for weight, row in got["by_weight"].items():
+        weighted = copy.deepcopy(probe)
+        with torch.no_grad():
+            weighted.trans_weight.fill_(float(weight))
+        p, r = recall_mrr_at_k(predict(weighted, data, None, CFG.n_items).item_ranks, 20)
+        assert row == {"P@20": round(100 * p, 2), "MRR@20": round(100 * r, 2)}, weight
+    mrr = [row["MRR@20"] for row in got["by_weight"].values()]
+    assert got["by_weight"][str(got["weight"])]["MRR@20"] == max(mrr)
+    assert got["weight"] > 0  # an untrained GRU against the data's own graph: the table helps
+    assert float(model.trans_weight) == pytest.approx(got["weight"])
+
+
+def test_fit_builds_and_weighs_the_table_and_checkpoints_and_warm_starts_keep_it(tmp_path):
+    data = _sequential_data(seed=3)
+    tcfg = TrainConfig(epochs=1, batch_tokens=64, w_action=0.0, w_churn=0.0, calibrate_gate=False)
+    model, report = fit(TCFG, data, data, tcfg, device="cpu")
+    assert report["transition_calibration"]["weight"] in TRANSITION_WEIGHTS
+    items, probs = item_transitions(data, TCFG, tcfg.transition_reach, tcfg.transition_backward)
+    assert np.array_equal(model.trans_items.numpy(), items)
+    torch.testing.assert_close(model.trans_probs, torch.from_numpy(probs))
+    assert float(model.trans_weight) == pytest.approx(report["transition_calibration"]["weight"])
+    _, report = fit(CFG, data, data, tcfg, device="cpu")
+    assert "transition_calibration" not in report
+
+    vocab = Vocab(tuple(f"i{j}" for j in range(1, CFG.n_items + 1)), CFG.item_buckets)
+    cats = Vocab(tuple(f"c{j}" for j in range(1, CFG.n_categories + 1)), CFG.category_buckets)
+    version = save_version(tmp_path, model, vocab, cats, data={}, metrics={})
+    loaded = load_version(tmp_path, version).model
+    for name in ("trans_items", "trans_probs", "trans_weight"):
+        assert torch.equal(getattr(loaded, name), getattr(model, name)), name
+    grown = widen(model, vocab, cats, Vocab(vocab.ids + ("new1", "new2"), vocab.buckets), cats)
+    assert grown.trans_items.shape == (TCFG.item_vocab + 2, 3)
+    assert torch.equal(grown.trans_items[:1 + CFG.n_items], model.trans_items[:1 + CFG.n_items])
+    assert float(grown.trans_probs[1 + CFG.n_items:].abs().sum()) == 0.0  # new items: none yet
+    assert float(grown.trans_weight) == float(model.trans_weight)
