@@ -122,7 +122,7 @@ ABLATIONS: dict[str, dict[str, object]] = {
     "repeat gate on the GRU state only (no window statistics)": {"gate_stats": False},
     "repeat gate as trained (no shift chosen on validation MRR@20)": {"calibrate_gate": False},
     "no transition table": {"transitions": 0},
-    "transition table of direct successors only (reach 1, no predecessors)": {
+    "transition table of direct successors only (reach 1; no predecessors)": {
         "transition_reach": 1, "transition_backward": 0.0},
     "no weight decay (the previous default)": {"weight_decay": 0.0},
     "batches of 4096 tokens (the previous default)": {"batch_tokens": 4096},
