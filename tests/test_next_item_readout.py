@@ -1,7 +1,8 @@
 """The next-item readout options (window attention, the newest item in the query, cosine scoring,
-no repeat channel, the gate's window statistics, in-batch and mixed negatives) keep the model's
-contracts: step == forward, the training loss path equals the full distribution, serving's top-K
-is the top of that distribution; the gate's calibration ranks as evaluation does."""
+no repeat channel, the gate's window statistics, a transition table, in-batch and mixed
+negatives) keep the model's contracts: step == forward, the training loss path equals the full
+distribution, serving's top-K is the top of that distribution; the gate's calibration ranks as
+evaluation does."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from models.train import (
 )
 
 from .test_model import CFG, random_data
+from .test_transitions import install_random_table
 
 VARIANTS = {
     "attention+cosine": replace(CFG, window_attention=True, cosine=True, cosine_scale=12.0),
@@ -36,12 +38,16 @@ VARIANTS = {
     "cosine, no repeat": replace(CFG, cosine=True, repeat_head=False),
     "attention+newest item+gate statistics": replace(CFG, window_attention=True, last_item_readout=True,
                                                      gate_window_stats=True),
+    # with a random neighbour table installed at weight 0.3 (see _model)
+    "attention+newest item+transition table": replace(CFG, window_attention=True, last_item_readout=True,
+                                                      transition_k=3),
 }
 
 
 def _model(cfg, seed=0):
     torch.manual_seed(seed)
-    return ClickstreamGRU(cfg).eval()
+    model = ClickstreamGRU(cfg).eval()
+    return install_random_table(model, seed) if cfg.transition_k else model
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
