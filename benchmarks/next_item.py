@@ -124,6 +124,7 @@ ABLATIONS: dict[str, dict[str, object]] = {
     "no transition table": {"transitions": 0},
     "transition table of direct successors only (reach 1; no predecessors)": {
         "transition_reach": 1, "transition_backward": 0.0},
+    "transition table of the newest item only (no older window items)": {"transition_decay": 0.0},
     "no weight decay (the previous default)": {"weight_decay": 0.0},
     "batches of 4096 tokens (the previous default)": {"batch_tokens": 4096},
     "with batches of 512 tokens": {"batch_tokens": 512},
@@ -165,7 +166,7 @@ def build_config(args: argparse.Namespace, n_items: int) -> tuple[GRUConfig, Tra
                     window_attention=args.attention, cosine=args.cosine,
                     cosine_scale=args.scale, repeat_head=args.repeat,
                     last_item_readout=args.last_item, gate_window_stats=args.gate_stats,
-                    transition_k=args.transitions)
+                    transition_k=args.transitions, transition_decay=args.transition_decay)
     tcfg = TrainConfig(epochs=args.epochs, lr=args.lr, w_action=0.0, w_churn=0.0,
                        batch_tokens=args.batch_tokens, max_seconds=args.max_seconds,
                        sampled_negatives=args.negatives, negatives_from=args.negatives_from,
@@ -248,6 +249,9 @@ def main(argv: list[str] | None = None) -> None:
                          "(1/distance each)")
     ap.add_argument("--transition-backward", type=float, default=TrainConfig.transition_backward,
                     help="... and as its predecessor at this weight (/distance)")
+    ap.add_argument("--transition-decay", type=float, default=0.6,
+                    help="the table mixes in every window item's neighbours, the newest at 1 and "
+                         "each older one at this factor of the next (0: the newest item's only)")
     # a full softmax over 43k items costs about 3x the wall time of a sampled one per epoch on 2
     # CPU cores and, at equal wall time, ends far behind (see the ablations). Negatives: the
     # batch's own next items (~800 per batch) beat 2,048 popularity-sampled ones; both together

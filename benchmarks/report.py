@@ -33,7 +33,7 @@ def _env(d: dict[str, Any]) -> str:
 # model and training arguments whose default an ablation run may predate (not its budget)
 DEFAULTS_SHOWN = ("negatives", "negatives_from", "cosine", "scale", "attention", "last_item", "repeat",
                   "gate_stats", "calibrate_gate", "transitions", "transition_reach",
-                  "transition_backward", "emb", "hidden",
+                  "transition_backward", "transition_decay", "emb", "hidden",
                   "dropout", "lr", "lr_decay", "weight_decay", "batch_tokens")
 
 

@@ -12,7 +12,8 @@ an "explore" softmax over the whole catalogue with tied input/output embeddings,
 distribution over the items in the user's own recent window (the window the stream keeps
 anyway), weighted by a learned gate. Shoppers return to what they just saw, and a catalogue-only
 softmax ranks those items poorly. Optionally (`transition_k`) the explore part also takes a share,
-chosen on validation, from a table of what followed the newest item in training.
+chosen on validation, from a table of what followed the newest item (or, by recency, each item
+in the window) in training.
 
 Pure PyTorch: no I/O, no environment, no printing.
 """
@@ -83,6 +84,11 @@ class GRUConfig:
     # chosen on validation after training (`models.train.calibrate_transitions`). The GRU ranks
     # items it has learned well; the table adds what was seen to follow this exact item. 0: none
     transition_k: int = 0
+    # whose neighbours: 0, the newest item's only; else every window item's, the newest counting
+    # 1, the one before it `transition_decay`, then its square... (items the shopper saw a few
+    # clicks ago still say where the session is going, as in session-KNN's recency weights).
+    # Diginetica, post hoc on one fully trained model: 0.6 ranks +0.6 P@20 above 0 on test rows
+    transition_decay: float = 0.0
 
     @property
     def item_vocab(self) -> int:
@@ -289,15 +295,25 @@ class ClickstreamGRU(nn.Module):
         self.trans_weight.fill_(weight)
 
     def _transitions(self, window: Tensor, weight: Tensor | float | None = None) -> tuple[Tensor, Tensor]:
-        """The newest item's weighted successors: indices (..., K) and mass (..., K), which sums
-        to `weight` (default `trans_weight`; 0 when the newest event has no item or the item no
-        successors)."""
-        newest = window[..., -1]
+        """The window's weighted neighbours: indices (..., n) and mass (..., n), which sums to
+        `weight` (default `trans_weight`), or to 0 when no item in play has neighbours. With
+        `transition_decay` 0 only the newest item is in play (n = K); else every window slot is
+        (n = W * K), sharing the weight as decay**distance from the newest among the slots whose
+        item has neighbours."""
         w = self.trans_weight if weight is None else weight
-        return self.trans_items[newest].long(), self.trans_probs[newest] * w
+        decay = self.cfg.transition_decay
+        if not decay:
+            newest = window[..., -1]
+            return self.trans_items[newest].long(), self.trans_probs[newest] * w
+        probs = self.trans_probs[window]  # (..., W, K)
+        W = window.shape[-1]
+        powers = decay ** torch.arange(W - 1, -1, -1, device=window.device, dtype=probs.dtype)
+        share = powers * (probs.sum(-1) > 0)  # (..., W): empty slots and unknown items get 0
+        share = share / share.sum(-1, keepdim=True).clamp_min(1e-30)
+        return self.trans_items[window].long().flatten(-2), (probs * (share * w).unsqueeze(-1)).flatten(-2)
 
     def mix_transitions(self, explore: Tensor, window: Tensor, weight: float | None = None) -> Tensor:
-        """The explore distribution (..., V), in place, with the newest item's successors mixed in
+        """The explore distribution (..., V), in place, with the window's neighbours mixed in
         at `weight` (default: the installed one; unchanged without a transition table)."""
         if not self.cfg.transition_k:
             return explore

@@ -314,7 +314,7 @@ def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig
 
 
 GATE_SHIFTS = tuple(s / 2 for s in range(-2, 9))  # -1.0 .. +4.0 in steps of 0.5
-TRANSITION_WEIGHTS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3)
+TRANSITION_WEIGHTS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 # mixes the explore softmax (..., V), the repeat attention (..., W), the gate's logit (...) and the
 # window into the next-item distribution of one candidate setting (its index)
 Mix = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -199,7 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     hidden=32 if quick else args.hidden, churn_horizon_s=args.horizon,
                     repeat_flag=True, gap_buckets=True, window_attention=args.window_readout,
                     last_item_readout=args.window_readout, gate_window_stats=args.window_readout,
-                    transition_k=args.transitions)
+                    transition_k=args.transitions, transition_decay=args.transition_decay)
     tcfg = TrainConfig(epochs=3 if quick else args.epochs, max_seconds=args.max_seconds,
                        batch_tokens=args.batch_tokens or (1024 if quick else 4096),
                        sampled_negatives=args.negatives,
@@ -413,6 +413,7 @@ def _real(ok: Callable[[float], bool], wanted: str) -> Callable[[str], float]:
 
 _decay = _real(lambda x: 0 < x <= 1, "a factor above 0 and at most 1")
 _non_negative = _real(lambda x: x >= 0, "at least 0")
+_fraction = _real(lambda x: 0 <= x < 1, "at least 0 and below 1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -501,6 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--transitions", type=_count(0), default=0,
                     help="keep each item's N most frequent successors in training as a table mixed "
                          "into the next-item distribution at a weight chosen on validation (0: none)")
+    tr.add_argument("--transition-decay", type=_fraction, default=0.6,
+                    help="with --transitions: every window item's neighbours are mixed in, the "
+                         "newest at 1 and each older one at this factor of the next (0: the newest "
+                         "item's only)")
     tr.add_argument("--negatives", type=_count(0), default=0,
                     help="item head trained with a sampled softmax: the batch's next items plus "
                          "N popularity^0.75 draws (0: the full softmax over the catalogue)")
