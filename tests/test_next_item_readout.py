@@ -41,6 +41,8 @@ VARIANTS = {
     # with a random neighbour table installed at weight 0.3 (see _model)
     "attention+newest item+transition table": replace(CFG, window_attention=True, last_item_readout=True,
                                                       transition_k=3),
+    "attention+newest item+transition table over the window": replace(
+        CFG, window_attention=True, last_item_readout=True, transition_k=3, transition_decay=0.5),
 }
 
 

@@ -88,15 +88,43 @@ def install_random_table(model: ClickstreamGRU, seed: int = 0, weight: float = 0
     return model
 
 
-def _with_table(seed=0, weight=0.3):
+def _with_table(seed=0, weight=0.3, decay=0.0):
     torch.manual_seed(seed)
-    return install_random_table(ClickstreamGRU(TCFG).eval(), seed, weight)
+    return install_random_table(ClickstreamGRU(replace(TCFG, transition_decay=decay)).eval(), seed, weight)
 
 
-def test_the_table_takes_its_weight_from_the_explore_softmax():
-    """By hand, and serving's top-K is its top; that step, forward and the training loss path
-    agree on it is tests/test_next_item_readout.py's, with a table installed."""
-    model = _with_table()
+def test_older_window_items_share_the_weight_by_recency():
+    """decay 0.5, window [.., a, b, c] (c newest): c counts 1, b has no neighbours, a counts
+    0.25, so c's neighbours get 0.8 of the table's weight and a's 0.2."""
+    model = ClickstreamGRU(replace(TCFG, transition_decay=0.5)).eval()
+    a, b, c, x, y, z = 1, 2, 3, 10, 11, 12
+    items = torch.zeros(TCFG.item_vocab, 3, dtype=torch.int32)
+    probs = torch.zeros(TCFG.item_vocab, 3)
+    items[a, 0], probs[a, 0] = x, 1.0
+    items[c, :2], probs[c, :2] = torch.tensor([y, z], dtype=torch.int32), 0.5
+    model.set_transitions(items, probs, weight=0.3)
+    V = TCFG.item_vocab
+    window = torch.zeros(2, TCFG.window, dtype=torch.long)
+    window[0, -3:] = torch.tensor([a, b, c])
+    window[1, -1] = b  # only an item without neighbours: nothing is mixed in
+    got = model.mix_transitions(torch.full((2, V), 1.0 / V), window)
+    want = torch.full((2, V), 1.0 / V)
+    want[0] *= 0.7
+    want[0, [x, y, z]] += 0.3 * torch.tensor([0.2, 0.4, 0.4])
+    torch.testing.assert_close(got, want)
+    # decay 0: the newest item's neighbours alone
+    model.cfg = replace(model.cfg, transition_decay=0.0)
+    got = model.mix_transitions(torch.full((1, V), 1.0 / V), window[:1])
+    want = torch.full((1, V), 0.7 / V)
+    want[0, [y, z]] += 0.15
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.6])
+def test_the_table_takes_its_weight_from_the_explore_softmax(decay):
+    """By hand (slot by slot), and serving's top-K is its top; that step, forward and the
+    training loss path agree on it is tests/test_next_item_readout.py's, with a table installed."""
+    model = _with_table(decay=decay)
     plain = copy.deepcopy(model)
     with torch.no_grad():
         plain.trans_weight.zero_()
@@ -105,11 +133,20 @@ def test_the_table_takes_its_weight_from_the_explore_softmax():
     with torch.no_grad():
         out, rq, _ = model(b.x)
         full = model.next_item_probs(out, rq, b.x.window)
-        # the explore softmax gives 0.3 of its mass to the newest item's neighbours (if it has any)
+        # the explore softmax gives 0.3 of its mass to the window items' neighbours (if any has
+        # some), each slot's share decay**distance from the newest, among the slots with some
         explore = torch.softmax(model.explore_logits(out), -1)
-        newest = b.x.window[..., -1]
-        q = torch.zeros_like(explore).scatter_add_(-1, model.trans_items[newest].long(),
-                                                   model.trans_probs[newest])
+        W = b.x.window.shape[-1]
+        share = torch.zeros(b.x.window.shape)
+        for j in range(W):
+            has_some = model.trans_probs[b.x.window[..., j]].sum(-1) > 0
+            share[..., j] = decay ** (W - 1 - j) * has_some
+        share = share / share.sum(-1, keepdim=True).clamp_min(1e-30)
+        q = torch.zeros_like(explore)
+        for j in range(W):
+            item = b.x.window[..., j]
+            q.scatter_add_(-1, model.trans_items[item].long(),
+                           model.trans_probs[item] * share[..., j:j + 1])
         has = q.sum(-1, keepdim=True)
         mixed = (1 - 0.3 * has) * explore + 0.3 * q
         att = model._repeat_attention(rq, b.x.window) * out.repeat_gate.unsqueeze(-1)
