@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import torch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from clickstream_tools import broker
@@ -59,14 +60,26 @@ PARTITIONS = 8
 
 def make_model(path: Path, cfg: SimConfig, hidden: int, window_readout: bool = False) -> str:
     """A production-sized model over the simulator's catalogue. Weights are random: speed does
-    not depend on them. `window_readout`: the next-item readout of `stream-app train
-    --window-readout` (attention over the window, the newest item in the query)."""
+    not depend on them. `window_readout`: the next-item head of the Diginetica recipe (`stream-app
+    train --window-readout --transitions 30`: attention over the window, the newest item in the
+    query, the window's statistics in the repeat gate, and a table of 30 neighbours per item read
+    for every window item), with a random table installed at weight 0.15."""
     items = Vocab(tuple(f"i{i}" for i in range(cfg.items)), 1024)
     cats = Vocab(tuple(f"c{i}" for i in range(cfg.categories)), 64)
     gcfg = GRUConfig(n_items=len(items), n_categories=len(cats), emb_dim=hidden, hidden=hidden,
                      repeat_flag=True, gap_buckets=True, window_attention=window_readout,
-                     last_item_readout=window_readout)
-    return save_version(path, ClickstreamGRU(gcfg).eval(), items, cats, {"source": "random"}, {})
+                     last_item_readout=window_readout, gate_window_stats=window_readout,
+                     transition_k=30 if window_readout else 0, transition_decay=0.6)
+    model = ClickstreamGRU(gcfg).eval()
+    if window_readout:
+        g = torch.Generator().manual_seed(0)
+        k = gcfg.transition_k
+        probs = torch.rand(gcfg.item_vocab, k, generator=g)
+        probs[0] = 0  # "no item" (the window's empty slots) has no neighbours, as in training
+        model.set_transitions(torch.randint(1, 1 + gcfg.n_items, (gcfg.item_vocab, k), generator=g,
+                                            dtype=torch.int32),
+                              probs / probs.sum(1, keepdim=True).clamp_min(1e-9), weight=0.15)
+    return save_version(path, model, items, cats, {"source": "random"}, {})
 
 
 def preload(bootstrap: str, topic: str, msgs: list[tuple[bytes, bytes]]) -> None:
@@ -283,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--latency-seconds", type=float, default=15.0)
     ap.add_argument("--window-readout", action="store_true",
-                    help="serve a model with the window readout (stream-app train --window-readout)")
+                    help="serve the Diginetica recipe's next-item head (stream-app train "
+                         "--window-readout --transitions 30)")
     ap.add_argument("--lead-in-seconds", type=float, default=5.0,
                     help="load fed before the latency window opens (reported apart as from_idle)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
