@@ -72,12 +72,11 @@ def next_item(d: dict[str, Any]) -> list[str]:
     if tcal and tcal.get("by_weight"):
         at0, best = tcal["by_weight"]["0.0"], tcal["by_weight"][str(tcal["weight"])]
         a = d["arguments"]
+        rows = (f"every window item's row at {a['transition_decay']}^(its distance from the newest)"
+                if a.get("transition_decay") else "the newest item's row")
         lines += [f"Transition table: each item's {a['transitions']} most frequent neighbours in "
                   f"training (an item up to {a['transition_reach']} events later counts 1/distance, "
-                  f"one before it {a['transition_backward']}/distance), "
-                  + (f"every window item's row at {a['transition_decay']}^(its distance from the "
-                     "newest), " if a.get("transition_decay") else "the newest item's row, ")
-                  + "mixed "
+                  f"one before it {a['transition_backward']}/distance), {rows}, mixed "
                   f"into the explore distribution at weight {tcal['weight']}, the weight with the best "
                   f"validation MRR@20 ({at0['P@20']:.2f} / {at0['MRR@20']:.2f} without it, "
                   f"{best['P@20']:.2f} / {best['MRR@20']:.2f} with it).", ""]

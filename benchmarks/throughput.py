@@ -69,7 +69,8 @@ def make_model(path: Path, cfg: SimConfig, hidden: int, window_readout: bool = F
     gcfg = GRUConfig(n_items=len(items), n_categories=len(cats), emb_dim=hidden, hidden=hidden,
                      repeat_flag=True, gap_buckets=True, window_attention=window_readout,
                      last_item_readout=window_readout, gate_window_stats=window_readout,
-                     transition_k=30 if window_readout else 0, transition_decay=0.6)
+                     transition_k=30 if window_readout else 0,
+                     transition_decay=0.6 if window_readout else 0.0)
     model = ClickstreamGRU(gcfg).eval()
     if window_readout:
         g = torch.Generator().manual_seed(0)

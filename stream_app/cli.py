@@ -494,8 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--horizon", type=float, default=1800.0, help="churn horizon in seconds")
     # the next-item recipe of benchmarks.next_item (Diginetica): --window-readout --negatives 8192
     # --batch-tokens 1024 --lr-decay 0.5 --weight-decay 1e-5 --transitions 30 (--transition-decay
-    # 0.6, the default); off by default:
-    # the readout costs scoring time on every event
+    # 0.6, the default); off by default: the readout costs scoring time on every event
     tr.add_argument("--window-readout", action=argparse.BooleanOptionalAction, default=False,
                     help="next-item query reads attention over the user's window and the newest "
                          "item next to the GRU state, and the repeat gate the window's statistics "
