@@ -173,11 +173,14 @@ def make_batch(data: SeqData, rows: Sequence[int], cfg: GRUConfig) -> Batch:
 
 
 def batches(data: SeqData, cfg: GRUConfig, max_tokens: int, shuffle: bool,
-            rng: np.random.Generator | None = None) -> Iterator[Batch]:
-    """Length-bucketed batches of at most `max_tokens` padded positions each."""
+            rng: np.random.Generator | None = None, rows: np.ndarray | None = None) -> Iterator[Batch]:
+    """Length-bucketed batches of at most `max_tokens` padded positions each (of `rows` only, if
+    given)."""
     lens = data.lengths()
     order = np.argsort(lens, kind="stable")
     order = order[lens[order] > 0]
+    if rows is not None:
+        order = order[np.isin(order, rows)]
     groups: list[list[int]] = []
     cur: list[int] = []
     for r in order:
@@ -193,28 +196,48 @@ def batches(data: SeqData, cfg: GRUConfig, max_tokens: int, shuffle: bool,
         yield make_batch(data, g, cfg)
 
 
-def item_transitions(data: SeqData, cfg: GRUConfig, reach: int = 1,
-                     backward: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def row_recency(data: SeqData) -> np.ndarray:
+    """Each row's place from the oldest (0) to the newest (len - 1): by its last event's time, or
+    by row order when the data has no time (sessions listed oldest first, as Diginetica's are)."""
+    if not data.has_time:
+        return np.arange(len(data))
+    last = data.ts[np.maximum(data.offsets[1:] - 1, 0)]
+    place = np.empty(len(data), np.int64)
+    place[np.argsort(last, kind="stable")] = np.arange(len(data))
+    return place
+
+
+def item_transitions(parts: SeqData | Sequence[SeqData], cfg: GRUConfig, reach: int = 1,
+                     backward: float = 0.0, recency: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Each known item's `cfg.transition_k` most frequent neighbours within a row: (item_vocab,
     k) item indices and (item_vocab, k) probabilities (rows sum to 1; 0 for an item with no
     neighbour). An item `d` <= `reach` events after another counts 1/d as its successor and
     `backward`/d the other way round (items viewed together lead to each other both ways);
     repeats of the item itself, events without an item and hash buckets are left out (bucket
     indices move when a warm start grows the vocabulary). Ties go to the lower index (the more
-    frequent item in a frequency-ordered vocabulary)."""
+    frequent item in a frequency-ordered vocabulary).
+
+    `parts`: one SeqData or several, the oldest first. `recency` > 0 weighs each row by
+    exp(-(rows newer than it) / (recency * rows)): what shoppers open together drifts, and the
+    newest sessions say most about the next ones (0: every row counts the same)."""
+    parts = [parts] if isinstance(parts, SeqData) else list(parts)
     n_known, k, vocab = cfg.n_items, cfg.transition_k, cfg.item_vocab
-    row_of = np.repeat(np.arange(len(data)), data.lengths())
+    n_rows = sum(len(p) for p in parts)
     src, dst, wt = [], [], []
-    for d in range(1, reach + 1):
-        a, b = data.item[:-d], data.item[d:]
-        keep = (row_of[:-d] == row_of[d:]) & (a >= 1) & (a <= n_known) & (b >= 1) & (b <= n_known) & (a != b)
-        src.append(a[keep])
-        dst.append(b[keep])
-        wt.append(np.full(int(keep.sum()), 1.0 / d))
-        if backward:
-            src.append(b[keep])
-            dst.append(a[keep])
-            wt.append(np.full(int(keep.sum()), backward / d))
+    older = 0
+    for data in parts:
+        row_of = np.repeat(np.arange(len(data)), data.lengths())
+        place = older + row_recency(data)
+        older += len(data)
+        row_w = np.exp((place - (n_rows - 1)) / (recency * n_rows)) if recency else np.ones(len(data))
+        for d in range(1, reach + 1):
+            a, b = data.item[:-d], data.item[d:]
+            keep = ((row_of[:-d] == row_of[d:]) & (a >= 1) & (a <= n_known) & (b >= 1)
+                    & (b <= n_known) & (a != b))
+            w = row_w[row_of[:-d][keep]] / d
+            src += [a[keep], b[keep]] if backward else [a[keep]]
+            dst += [b[keep], a[keep]] if backward else [b[keep]]
+            wt += [w, backward * w] if backward else [w]
     pair, inv = np.unique(np.concatenate(src) * vocab + np.concatenate(dst), return_inverse=True)
     weight = np.bincount(inv, weights=np.concatenate(wt), minlength=len(pair))
     a, b = pair // vocab, pair % vocab

@@ -12,8 +12,9 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from operator import itemgetter
 from typing import Any
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import IGNORE, Batch, SeqData, batches, item_transitions, make_batch
+from .data import IGNORE, Batch, SeqData, batches, item_transitions, make_batch, row_recency
 from .gru import ClickstreamGRU, Events, GRUConfig, mixture_probs, sequence_profile
 
 
@@ -55,6 +56,13 @@ class TrainConfig:
     # as its successor and `transition_backward`/distance as its predecessor
     transition_reach: int = 3
     transition_backward: float = 0.5
+    # > 0: the table weighs each training row by its recency (`item_transitions`' `recency`)
+    transition_recency: float = 0.0
+    # > 0: after early stopping, one more pass over the newest `recent_fraction` of the training
+    # rows (`models.data.row_recency`) at `recent_lr` with a fresh optimiser, before calibration:
+    # what shoppers open drifts, and the newest sessions say most about the next ones
+    recent_fraction: float = 0.0
+    recent_lr: float = 1e-4
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -264,22 +272,15 @@ def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig
     history = []
     t0 = time.monotonic()
     n_batches = sum(1 for _ in batches(train, cfg, tcfg.batch_tokens, shuffle=False))
+
+    def report_batch(epoch: int, i: int, loss: float) -> None:
+        if progress and (i % 20 == 0 or i == n_batches - 1):
+            progress({"epoch": epoch, "batch": i + 1, "batches": n_batches, "loss": loss,
+                      "elapsed_s": time.monotonic() - t0})
+
     for epoch in range(1, tcfg.epochs + 1):
-        model.train()
-        running, seen = 0.0, 0
-        for i, b in enumerate(batches(train, cfg, tcfg.batch_tokens, shuffle=True, rng=rng)):
-            b = b.to(dev)
-            p = batch_losses(model, b, sampler=sampler)
-            loss = tcfg.w_item * p.item + tcfg.w_action * p.action + tcfg.w_churn * p.churn
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-            opt.step()
-            running += loss.item()
-            seen += 1
-            if progress and (i % 20 == 0 or i == n_batches - 1):
-                progress({"epoch": epoch, "batch": i + 1, "batches": n_batches,
-                          "loss": running / seen, "elapsed_s": time.monotonic() - t0})
+        running, seen = train_pass(model, train, opt, sampler, tcfg, rng, dev,
+                                   on_batch=partial(report_batch, epoch))
         val = evaluate_loss(model, valid, tcfg, dev, valid_from_ts) if valid is not None else {}
         score = val.get(tcfg.select_on, running / max(seen, 1))
         history.append({"epoch": epoch, "train_loss": running / max(seen, 1), "valid": val,
@@ -298,19 +299,72 @@ def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-    model.eval()
     report = {"train_config": asdict(tcfg), "device": str(dev), "epochs_run": len(history),
               "warm_start": init is not None,
               "best_valid_loss": best, "history": history}
+    if tcfg.recent_fraction:
+        report["recent_pass"] = recent_pass(model, train, valid, sampler, tcfg, rng, dev,
+                                            valid_from_ts)
+    model.eval()
     if cfg.transition_k:  # the table from the training part; its weight stays 0 until calibrated
-        items, probs = item_transitions(train, cfg, tcfg.transition_reach, tcfg.transition_backward)
-        model.set_transitions(torch.from_numpy(items), torch.from_numpy(probs))
+        install_transitions(model, train, tcfg)
     if tcfg.calibrate_gate and cfg.repeat_head and valid is not None:
         report["gate_calibration"] = calibrate_repeat_gate(model, valid, tcfg, dev, valid_from_ts)
     if cfg.transition_k and valid is not None:
         report["transition_calibration"] = calibrate_transitions(model, valid, tcfg, dev, valid_from_ts)
     report["train_seconds"] = time.monotonic() - t0
     return model, report
+
+
+def train_pass(model: ClickstreamGRU, data: SeqData, opt: torch.optim.Optimizer,
+               sampler: NegativeSampler | None, tcfg: TrainConfig, rng: np.random.Generator,
+               dev: torch.device, rows: np.ndarray | None = None,
+               on_batch: Callable[[int, float], None] | None = None) -> tuple[float, int]:
+    """One shuffled pass over `data` (its `rows` only, if given): (summed loss, batches)."""
+    model.train()
+    running, seen = 0.0, 0
+    for i, b in enumerate(batches(data, model.cfg, tcfg.batch_tokens, shuffle=True, rng=rng,
+                                  rows=rows)):
+        b = b.to(dev)
+        p = batch_losses(model, b, sampler=sampler)
+        loss = tcfg.w_item * p.item + tcfg.w_action * p.action + tcfg.w_churn * p.churn
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        opt.step()
+        running += loss.item()
+        seen += 1
+        if on_batch:
+            on_batch(i, running / seen)
+    return running, seen
+
+
+def recent_pass(model: ClickstreamGRU, train: SeqData, valid: SeqData | None,
+                sampler: NegativeSampler | None, tcfg: TrainConfig, rng: np.random.Generator,
+                dev: torch.device, valid_from_ts: float | None) -> dict[str, Any]:
+    """One pass over the newest `tcfg.recent_fraction` of the training rows at `tcfg.recent_lr`
+    (a fresh Adam), from the early-stopped weights. Returns the rows, the pass's mean loss and
+    the validation loss before and after (reported, not used to undo the pass: the pass is a
+    fixed part of the recipe, its fraction and rate chosen once on validation ranking)."""
+    place = row_recency(train)
+    rows = np.nonzero(place >= (1.0 - tcfg.recent_fraction) * len(train))[0]
+    before = evaluate_loss(model, valid, tcfg, dev, valid_from_ts) if valid is not None else {}
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg.recent_lr, weight_decay=tcfg.weight_decay)
+    t0 = time.monotonic()
+    running, seen = train_pass(model, train, opt, sampler, tcfg, rng, dev, rows=rows)
+    after = evaluate_loss(model, valid, tcfg, dev, valid_from_ts) if valid is not None else {}
+    return {"rows": int(len(rows)), "lr": tcfg.recent_lr, "train_loss": running / max(seen, 1),
+            "valid_before": before, "valid_after": after, "seconds": time.monotonic() - t0}
+
+
+def install_transitions(model: ClickstreamGRU, parts: SeqData | Sequence[SeqData],
+                        tcfg: TrainConfig) -> None:
+    """(Re)build the model's transition table from `parts` (the oldest first), keeping its
+    weight: after calibration the deployed table can count the validation rows too."""
+    items, probs = item_transitions(parts, model.cfg, tcfg.transition_reach,
+                                    tcfg.transition_backward, tcfg.transition_recency)
+    model.set_transitions(torch.from_numpy(items), torch.from_numpy(probs),
+                          float(model.trans_weight))
 
 
 GATE_SHIFTS = tuple(s / 2 for s in range(-2, 9))  # -1.0 .. +4.0 in steps of 0.5
