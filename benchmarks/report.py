@@ -33,7 +33,8 @@ def _env(d: dict[str, Any]) -> str:
 # model and training arguments whose default an ablation run may predate (not its budget)
 DEFAULTS_SHOWN = ("negatives", "negatives_from", "cosine", "scale", "attention", "last_item", "repeat",
                   "gate_stats", "calibrate_gate", "transitions", "transition_reach",
-                  "transition_backward", "transition_decay", "emb", "hidden",
+                  "transition_backward", "transition_decay", "transition_recency",
+                  "recent_fraction", "recent_lr", "emb", "hidden",
                   "dropout", "lr", "lr_decay", "weight_decay", "batch_tokens")
 
 
@@ -61,6 +62,12 @@ def next_item(d: dict[str, Any]) -> list[str]:
                   f"with a new item {new['P@20']:.2f} / {new['MRR@20']:.2f} (Markov "
                   f"{r['Markov']['by_target']['target_new']['P@20']:.2f} / "
                   f"{r['Markov']['by_target']['target_new']['MRR@20']:.2f}).", ""]
+    rp = t.get("recent_pass")
+    if rp:
+        lines += [f"Recency pass: after early stopping, one more pass over the newest "
+                  f"{rp['rows']:,} training sessions ({d['arguments']['recent_fraction']:.0%}) at "
+                  f"learning rate {rp['lr']:g}; validation loss {rp['valid_before']['item']:.4f} "
+                  f"before, {rp['valid_after']['item']:.4f} after.", ""]
     cal = t.get("gate_calibration")
     if cal and cal.get("by_shift"):
         at0, best = cal["by_shift"]["0.0"], cal["by_shift"][str(cal["shift"])]
@@ -74,12 +81,20 @@ def next_item(d: dict[str, Any]) -> list[str]:
         a = d["arguments"]
         rows = (f"every window item's row at {a['transition_decay']}^(its distance from the newest)"
                 if a.get("transition_decay") else "the newest item's row")
+        recency = (f", a session weighing exp(-(sessions newer than it) / "
+                   f"({a['transition_recency']} x sessions))" if a.get("transition_recency") else "")
+        fit_only = r["clickstream-gru"].get("table_from_fit_part_only")
+        rebuilt = (f" Once the weight is chosen, the table is rebuilt with the validation sessions "
+                   f"counted too: test {r['clickstream-gru']['P@20']:.2f} / "
+                   f"{r['clickstream-gru']['MRR@20']:.2f}, against {fit_only['P@20']:.2f} / "
+                   f"{fit_only['MRR@20']:.2f} for the same model with the table of the training "
+                   f"part only." if fit_only else "")
         lines += [f"Transition table: each item's {a['transitions']} most frequent neighbours in "
                   f"training (an item up to {a['transition_reach']} events later counts 1/distance, "
-                  f"one before it {a['transition_backward']}/distance), {rows}, mixed "
+                  f"one before it {a['transition_backward']}/distance{recency}), {rows}, mixed "
                   f"into the explore distribution at weight {tcal['weight']}, the weight with the best "
                   f"validation MRR@20 ({at0['P@20']:.2f} / {at0['MRR@20']:.2f} without it, "
-                  f"{best['P@20']:.2f} / {best['MRR@20']:.2f} with it).", ""]
+                  f"{best['P@20']:.2f} / {best['MRR@20']:.2f} with it).{rebuilt}", ""]
     # the ablation run itself (next_item_ablations.json) when there is one, else the rows the main
     # run copied when it ran; then later, smaller ablation runs (next_item_ablations_*.json)
     def run(doc: dict[str, Any]) -> dict[str, Any]:

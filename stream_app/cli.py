@@ -204,7 +204,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                        batch_tokens=args.batch_tokens or (1024 if quick else 4096),
                        sampled_negatives=args.negatives,
                        negatives_from="mixed" if args.negatives else "popularity",
-                       lr_decay=args.lr_decay, weight_decay=args.weight_decay)
+                       lr_decay=args.lr_decay, weight_decay=args.weight_decay,
+                       transition_recency=args.transition_recency,
+                       recent_fraction=args.recent_fraction, recent_lr=args.recent_lr)
     data_desc: dict = {"source": args.source}
     if args.source == "diginetica":
         train, _ = read_diginetica(SHARED / "diginetica")
@@ -413,7 +415,8 @@ def _real(ok: Callable[[float], bool], wanted: str) -> Callable[[str], float]:
 
 _decay = _real(lambda x: 0 < x <= 1, "a factor above 0 and at most 1")
 _non_negative = _real(lambda x: x >= 0, "at least 0")
-_fraction = _real(lambda x: 0 <= x < 1, "at least 0 and below 1")
+_unit = _real(lambda x: 0 <= x <= 1, "between 0 and 1")
+_positive = _real(lambda x: x > 0, "above 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -493,8 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--hidden", type=int, default=128)
     tr.add_argument("--horizon", type=float, default=1800.0, help="churn horizon in seconds")
     # the next-item recipe of benchmarks.next_item (Diginetica): --window-readout --negatives 8192
-    # --batch-tokens 1024 --lr-decay 0.5 --weight-decay 1e-5 --transitions 30 (--transition-decay
-    # 0.6, the default); off by default: the readout costs scoring time on every event
+    # --batch-tokens 1024 --lr-decay 0.5 --weight-decay 1e-5 --transitions 30 --recent-fraction
+    # 0.3 (--transition-decay 0.6, --transition-recency 0.3 and --recent-lr 1e-4, the defaults);
+    # off by default: the readout costs scoring time on every event
     tr.add_argument("--window-readout", action=argparse.BooleanOptionalAction, default=False,
                     help="next-item query reads attention over the user's window and the newest "
                          "item next to the GRU state, and the repeat gate the window's statistics "
@@ -502,10 +506,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--transitions", type=_count(0), default=0,
                     help="keep each item's N most frequent successors in training as a table mixed "
                          "into the next-item distribution at a weight chosen on validation (0: none)")
-    tr.add_argument("--transition-decay", type=_fraction, default=0.6,
+    tr.add_argument("--transition-decay", type=_unit, default=0.6,
                     help="with --transitions: every window item's neighbours are mixed in, the "
                          "newest at 1 and each older one at this factor of the next (0: the newest "
-                         "item's only)")
+                         "item's only; 1: every window item the same)")
+    tr.add_argument("--transition-recency", type=_non_negative, default=0.3,
+                    help="with --transitions: the table weighs a training sequence exp(-(sequences "
+                         "newer than it) / (this x sequences)) (0: every sequence the same)")
+    tr.add_argument("--recent-fraction", type=_unit, default=0.0,
+                    help="after early stopping, one more pass over the newest this share of the "
+                         "training sequences at --recent-lr (0: none)")
+    tr.add_argument("--recent-lr", type=_positive, default=1e-4, help="the recency pass's rate")
     tr.add_argument("--negatives", type=_count(0), default=0,
                     help="item head trained with a sampled softmax: the batch's next items plus "
                          "N popularity^0.75 draws (0: the full softmax over the catalogue)")

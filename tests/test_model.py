@@ -5,16 +5,18 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+import models.train as train_mod
 from models.checkpoint import CheckpointError, current_version, load_version, save_version
 from models.data import Vocab, batches, from_sequences, make_batch
 from models.gru import ClickstreamGRU, GRUConfig
 from models.metrics import expected_calibration_error, macro_f1, pr_auc, recall_mrr_at_k, roc_auc
-from models.train import init_output_priors, run_incremental
+from models.train import TrainConfig, fit, init_output_priors, run_incremental
 
 CFG = GRUConfig(n_items=50, n_categories=5, item_buckets=8, category_buckets=4, emb_dim=16,
                 hidden=24, layers=2, window=6, churn_horizon_s=100.0, repeat_flag=True,
@@ -190,6 +192,34 @@ def test_batches_cover_every_row_once():
     data = random_data(n=40)
     seen = np.concatenate([b.rows for b in batches(data, CFG, max_tokens=64, shuffle=True)])
     assert sorted(seen.tolist()) == list(range(40))
+    some = np.array([3, 7, 8, 30])
+    seen = np.concatenate([b.rows for b in batches(data, CFG, max_tokens=64, shuffle=True, rows=some)])
+    assert sorted(seen.tolist()) == some.tolist()
+
+
+def test_the_recency_pass_trains_the_newest_rows_once_from_the_early_stopped_weights(monkeypatch):
+    data = random_data(seed=5, n=40)
+    tcfg = TrainConfig(epochs=1, batch_tokens=64, calibrate_gate=False)
+    plain, report = fit(CFG, data, data, tcfg, device="cpu")
+    assert "recent_pass" not in report
+    passes = []
+    real_pass = train_mod.train_pass
+
+    def spy(model, d, opt, *args, rows=None, **kw):
+        passes.append((rows, opt.param_groups[0]["lr"]))
+        return real_pass(model, d, opt, *args, rows=rows, **kw)
+
+    monkeypatch.setattr(train_mod, "train_pass", spy)
+    tuned, report = fit(CFG, data, data, replace(tcfg, recent_fraction=0.25, recent_lr=3e-4), device="cpu")
+    (epoch_rows, _), (rows, lr) = passes  # one epoch, then the recency pass
+    assert epoch_rows is None and lr == 3e-4
+    newest = np.argsort(data.ts[data.offsets[1:] - 1], kind="stable")[-10:]  # 25% of 40 rows
+    assert sorted(rows.tolist()) == sorted(newest.tolist())
+    assert report["recent_pass"]["rows"] == 10
+    assert set(report["recent_pass"]["valid_after"]) == {"item", "action", "churn", "total"}
+    assert report["recent_pass"]["valid_after"] != report["recent_pass"]["valid_before"]
+    # the same seed and epoch: the pass is what moves the weights away from the plain fit
+    assert not torch.equal(tuned.gru.weight_hh_l0, plain.gru.weight_hh_l0)
 
 
 def test_checkpoint_roundtrip_and_checksum(tmp_path):

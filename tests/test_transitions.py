@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from models.checkpoint import load_version, save_version
-from models.data import Vocab, from_sequences, item_transitions, make_batch
+from models.data import Vocab, from_sequences, item_transitions, make_batch, row_recency
 from models.evaluate import predict
 from models.gru import ClickstreamGRU
 from models.metrics import recall_mrr_at_k
-from models.train import TRANSITION_WEIGHTS, TrainConfig, calibrate_transitions, fit
+from models.train import TRANSITION_WEIGHTS, TrainConfig, calibrate_transitions, fit, install_transitions
 from models.warmstart import widen
 
 from .test_model import CFG, random_data
@@ -73,6 +73,30 @@ def test_only_the_top_k_successors_are_kept():
     items, probs = item_transitions(data, replace(CFG, transition_k=2), reach=1)
     assert list(items[1]) == [2, 3]
     np.testing.assert_allclose(probs[1], [0.6, 0.4], rtol=1e-6)
+
+
+def test_rows_are_placed_by_their_last_event_or_by_order_without_time():
+    data = from_sequences([[(0, 1, 0, 30.0, math.nan)],
+                           [(0, 2, 0, 10.0, math.nan), (0, 3, 0, 20.0, math.nan)],
+                           [(0, 4, 0, 5.0, math.nan)]], has_time=True)
+    assert row_recency(data).tolist() == [2, 1, 0]
+    assert row_recency(replace(data, has_time=False)).tolist() == [0, 1, 2]  # listed oldest first
+
+
+def test_recency_weighs_newer_rows_more_and_parts_read_as_one_oldest_first():
+    old, new = _rows([1, 2]), _rows([1, 3])  # the older row says 1 -> 2, the newer 1 -> 3
+    items, probs = item_transitions([old, new], TCFG, recency=0.5)
+    # two rows: the older one, one row behind the newest, weighs exp(-1 / (0.5 * 2)) = 1/e
+    assert list(items[1][:2]) == [3, 2]
+    np.testing.assert_allclose(probs[1][:2], [1 / (1 + math.exp(-1)), math.exp(-1) / (1 + math.exp(-1))],
+                               rtol=1e-6)
+    # the same two rows in one SeqData (equal last times: row order decides) count the same
+    one_i, one_p = item_transitions(_rows([1, 2], [1, 3]), TCFG, recency=0.5)
+    assert np.array_equal(one_i, items) and np.array_equal(one_p, probs)
+    # recency 0: every row the same; equal weights put the lower index first
+    items, probs = item_transitions([old, new], TCFG)
+    assert list(items[1][:2]) == [2, 3]
+    np.testing.assert_allclose(probs[1][:2], [0.5, 0.5])
 
 
 def install_random_table(model: ClickstreamGRU, seed: int = 0, weight: float = 0.3) -> ClickstreamGRU:
@@ -206,6 +230,19 @@ def test_fit_builds_and_weighs_the_table_and_checkpoints_and_warm_starts_keep_it
     assert float(model.trans_weight) == pytest.approx(report["transition_calibration"]["weight"])
     _, report = fit(CFG, data, data, tcfg, device="cpu")
     assert "transition_calibration" not in report
+    # with recency, fit's table is item_transitions' at that recency; install_transitions
+    # rebuilds it from more parts and keeps the chosen weight
+    tcfg = replace(tcfg, transition_recency=0.3)
+    model, report = fit(TCFG, data, data, tcfg, device="cpu")
+    items, probs = item_transitions(data, TCFG, tcfg.transition_reach, tcfg.transition_backward, 0.3)
+    assert np.array_equal(model.trans_items.numpy(), items)
+    more = _sequential_data(seed=4)
+    install_transitions(model, [data, more], tcfg)
+    items, probs = item_transitions([data, more], TCFG, tcfg.transition_reach,
+                                    tcfg.transition_backward, 0.3)
+    assert np.array_equal(model.trans_items.numpy(), items)
+    torch.testing.assert_close(model.trans_probs, torch.from_numpy(probs))
+    assert float(model.trans_weight) == pytest.approx(report["transition_calibration"]["weight"])
 
     vocab = Vocab(tuple(f"i{j}" for j in range(1, CFG.n_items + 1)), CFG.item_buckets)
     cats = Vocab(tuple(f"c{j}" for j in range(1, CFG.n_categories + 1)), CFG.category_buckets)
