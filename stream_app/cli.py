@@ -497,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--horizon", type=float, default=1800.0, help="churn horizon in seconds")
     # the next-item recipe of benchmarks.next_item (Diginetica): --window-readout --negatives 8192
     # --batch-tokens 1024 --lr-decay 0.5 --weight-decay 1e-5 --transitions 30 --recent-fraction
-    # 0.3 (--transition-decay 0.6, --transition-recency 0.3 and --recent-lr 1e-4, the defaults);
+    # 0.3 (--transition-decay 0.6, --transition-recency 1.0 and --recent-lr 1e-4, the defaults);
     # off by default: the readout costs scoring time on every event
     tr.add_argument("--window-readout", action=argparse.BooleanOptionalAction, default=False,
                     help="next-item query reads attention over the user's window and the newest "
@@ -510,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --transitions: every window item's neighbours are mixed in, the "
                          "newest at 1 and each older one at this factor of the next (0: the newest "
                          "item's only; 1: every window item the same)")
-    tr.add_argument("--transition-recency", type=_non_negative, default=0.3,
+    tr.add_argument("--transition-recency", type=_non_negative, default=1.0,
                     help="with --transitions: the table weighs a training sequence exp(-(sequences "
                          "newer than it) / (this x sequences)) (0: every sequence the same)")
     tr.add_argument("--recent-fraction", type=_unit, default=0.0,
