@@ -268,7 +268,7 @@ def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig
     sampler = (NegativeSampler.from_data(train, cfg.item_vocab, tcfg.sampled_negatives, device=dev,
                                          source=tcfg.negatives_from)
                if tcfg.sampled_negatives else None)
-    best, best_state, bad_epochs = math.inf, None, 0
+    best, best_state, best_val, bad_epochs = math.inf, None, {}, 0
     history = []
     t0 = time.monotonic()
     n_batches = sum(1 for _ in batches(train, cfg, tcfg.batch_tokens, shuffle=False))
@@ -290,7 +290,7 @@ def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig
         for group in opt.param_groups:
             group["lr"] *= tcfg.lr_decay
         if score < best - 1e-4:
-            best, best_state, bad_epochs = score, copy.deepcopy(model.state_dict()), 0
+            best, best_state, best_val, bad_epochs = score, copy.deepcopy(model.state_dict()), val, 0
         else:
             bad_epochs += 1
         if bad_epochs >= tcfg.patience:
@@ -304,7 +304,7 @@ def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig
               "best_valid_loss": best, "history": history}
     if tcfg.recent_fraction:
         report["recent_pass"] = recent_pass(model, train, valid, sampler, tcfg, rng, dev,
-                                            valid_from_ts)
+                                            valid_from_ts, before=best_val)
     model.eval()
     if cfg.transition_k:  # the table from the training part; its weight stays 0 until calibrated
         install_transitions(model, train, tcfg)
@@ -341,14 +341,15 @@ def train_pass(model: ClickstreamGRU, data: SeqData, opt: torch.optim.Optimizer,
 
 def recent_pass(model: ClickstreamGRU, train: SeqData, valid: SeqData | None,
                 sampler: NegativeSampler | None, tcfg: TrainConfig, rng: np.random.Generator,
-                dev: torch.device, valid_from_ts: float | None) -> dict[str, Any]:
+                dev: torch.device, valid_from_ts: float | None,
+                before: dict[str, float]) -> dict[str, Any]:
     """One pass over the newest `tcfg.recent_fraction` of the training rows at `tcfg.recent_lr`
-    (a fresh Adam), from the early-stopped weights. Returns the rows, the pass's mean loss and
-    the validation loss before and after (reported, not used to undo the pass: the pass is a
-    fixed part of the recipe, its fraction and rate chosen once on validation ranking)."""
+    (a fresh Adam), from the early-stopped weights, whose validation loss is `before` (the best
+    epoch's, already measured). Returns the rows, the pass's mean loss and the validation loss
+    before and after (reported, not used to undo the pass: the pass is a fixed part of the
+    recipe, its fraction and rate chosen once on validation ranking)."""
     place = row_recency(train)
     rows = np.nonzero(place >= (1.0 - tcfg.recent_fraction) * len(train))[0]
-    before = evaluate_loss(model, valid, tcfg, dev, valid_from_ts) if valid is not None else {}
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.recent_lr, weight_decay=tcfg.weight_decay)
     t0 = time.monotonic()
     running, seen = train_pass(model, train, opt, sampler, tcfg, rng, dev, rows=rows)
