@@ -34,7 +34,7 @@ def _env(d: dict[str, Any]) -> str:
 DEFAULTS_SHOWN = ("negatives", "negatives_from", "cosine", "scale", "attention", "last_item", "repeat",
                   "gate_stats", "calibrate_gate", "transitions", "transition_reach",
                   "transition_backward", "transition_decay", "transition_recency",
-                  "recent_fraction", "recent_lr", "emb", "hidden",
+                  "recent_fraction", "recent_lr", "valid_passes", "emb", "hidden",
                   "dropout", "lr", "lr_decay", "weight_decay", "batch_tokens")
 
 
@@ -83,10 +83,12 @@ def next_item(d: dict[str, Any]) -> list[str]:
                 if a.get("transition_decay") else "the newest item's row")
         recency = (f", a session weighing exp(-(sessions newer than it) / "
                    f"({a['transition_recency']} x sessions))" if a.get("transition_recency") else "")
-        fit_only = r["clickstream-gru"].get("table_from_fit_part_only")
+        gru = r["clickstream-gru"]
+        fit_only = gru.get("table_from_fit_part_only")
+        with_table = gru.get("before_validation_passes", gru)
         rebuilt = (f" Once the weight is chosen, the table is rebuilt with the validation sessions "
-                   f"counted too: test {r['clickstream-gru']['P@20']:.2f} / "
-                   f"{r['clickstream-gru']['MRR@20']:.2f}, against {fit_only['P@20']:.2f} / "
+                   f"counted too: test {with_table['P@20']:.2f} / "
+                   f"{with_table['MRR@20']:.2f}, against {fit_only['P@20']:.2f} / "
                    f"{fit_only['MRR@20']:.2f} for the same model with the table of the training "
                    f"part only." if fit_only else "")
         lines += [f"Transition table: each item's {a['transitions']} most frequent neighbours in "
@@ -95,6 +97,14 @@ def next_item(d: dict[str, Any]) -> list[str]:
                   f"into the explore distribution at weight {tcal['weight']}, the weight with the best "
                   f"validation MRR@20 ({at0['P@20']:.2f} / {at0['MRR@20']:.2f} without it, "
                   f"{best['P@20']:.2f} / {best['MRR@20']:.2f} with it).{rebuilt}", ""]
+    vp = t.get("validation_passes")
+    if vp and "before_validation_passes" in r["clickstream-gru"]:
+        gru, before = r["clickstream-gru"], r["clickstream-gru"]["before_validation_passes"]
+        lines += [f"Validation passes: once validation has chosen the epoch, the gate and the "
+                  f"table's weight, {vp['passes']} passes over its {vp['rows']:,} sessions at "
+                  f"learning rate {vp['lr']:g} (the table out of the loss): test "
+                  f"{gru['P@20']:.2f} / {gru['MRR@20']:.2f}, against {before['P@20']:.2f} / "
+                  f"{before['MRR@20']:.2f} for the same model before them.", ""]
     # the ablation run itself (next_item_ablations.json) when there is one, else the rows the main
     # run copied when it ran; then later, smaller ablation runs (next_item_ablations_*.json)
     def run(doc: dict[str, Any]) -> dict[str, Any]:

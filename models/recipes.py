@@ -20,7 +20,7 @@ from .evaluate import Predictions, predict
 from .features import SERVING_DEFAULTS, WindowLimits
 from .gru import ClickstreamGRU, GRUConfig
 from .metrics import binary_report, multiclass_report, recall_mrr_at_k
-from .train import TrainConfig, fit, install_transitions, pick_device
+from .train import TrainConfig, fit, install_transitions, pick_device, validation_passes
 from .warmstart import WarmStart
 
 
@@ -83,6 +83,9 @@ def train_on_events(events: Sequence[Mapping[str, Any]], cfg: GRUConfig, tcfg: T
     dev = pick_device(device)
     model, report = fit(cfg, full.before(c1), full.before(c2), tcfg, device=str(dev),
                         valid_from_ts=c1, progress=progress, init=init)
+    if tcfg.valid_passes:  # validation has chosen all it chooses; now the model learns from it
+        report["validation_passes"] = validation_passes(model, full.before(c1), full.before(c2),
+                                                        tcfg, dev, valid_from_ts=c1)
     if cfg.transition_k:  # its weight chosen, the table counts every event before the test part
         install_transitions(model, full.before(c2), tcfg)
     preds = predict(model, full, c2, len(items), dev)
@@ -105,6 +108,8 @@ def train_on_sessions(sessions: list[list[str]], cfg: GRUConfig, tcfg: TrainConf
     tcfg = replace(tcfg, w_action=0.0, w_churn=0.0)
     parts = sessions_to_seqdata(sessions[:cut], items), sessions_to_seqdata(sessions[cut:], items)
     model, report = fit(cfg, *parts, tcfg, device=device, progress=progress)
+    if tcfg.valid_passes:  # validation has chosen all it chooses; now the model learns from it
+        report["validation_passes"] = validation_passes(model, *parts, tcfg, pick_device(device))
     if cfg.transition_k:  # its weight chosen, the table counts the validation sessions too
         install_transitions(model, parts, tcfg)
     return model, items, cats, report

@@ -63,6 +63,9 @@ class TrainConfig:
     # what shoppers open drifts, and the newest sessions say most about the next ones
     recent_fraction: float = 0.0
     recent_lr: float = 1e-4
+    # > 0: after calibration, this many passes over the validation part at `recent_lr`
+    # (`validation_passes`): its rows are the newest the model can learn from before serving
+    valid_passes: int = 0
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -153,14 +156,16 @@ def batch_losses(model: ClickstreamGRU, b: Batch, mask: torch.Tensor | None = No
                                            "churn": int(m_churn.sum())})
 
 
-def _eval_mask(b: Batch, data: SeqData, from_ts: float | None) -> torch.Tensor | None:
+def _eval_mask(b: Batch, data: SeqData, from_ts: float | None,
+               device: torch.device | str) -> torch.Tensor | None:
+    """(B, T) on `device`: the batch's positions with ts >= from_ts (None: every position)."""
     if from_ts is None:
         return None
-    ts = torch.zeros_like(b.valid, dtype=torch.float64)
+    ts = torch.zeros(b.valid.shape, dtype=torch.float64)
     for i, r in enumerate(b.rows):
         s, e = data.offsets[r], data.offsets[r + 1]
         ts[i, : e - s] = torch.from_numpy(data.ts[s:e])
-    return (ts >= from_ts).to(b.valid.device)
+    return (ts >= from_ts).to(device)
 
 
 @torch.no_grad()
@@ -171,7 +176,7 @@ def evaluate_loss(model: ClickstreamGRU, data: SeqData, tcfg: TrainConfig, devic
     sums = {"item": 0.0, "action": 0.0, "churn": 0.0}
     counts = {"item": 0, "action": 0, "churn": 0}
     for b in batches(data, model.cfg, tcfg.batch_tokens, shuffle=False):
-        mask = _eval_mask(b, data, from_ts)
+        mask = _eval_mask(b, data, from_ts, device)
         b = b.to(device)
         parts = batch_losses(model, b, mask)
         for k in sums:
@@ -319,14 +324,17 @@ def fit(cfg: GRUConfig, train: SeqData, valid: SeqData | None, tcfg: TrainConfig
 def train_pass(model: ClickstreamGRU, data: SeqData, opt: torch.optim.Optimizer,
                sampler: NegativeSampler | None, tcfg: TrainConfig, rng: np.random.Generator,
                dev: torch.device, rows: np.ndarray | None = None,
-               on_batch: Callable[[int, float], None] | None = None) -> tuple[float, int]:
-    """One shuffled pass over `data` (its `rows` only, if given): (summed loss, batches)."""
+               on_batch: Callable[[int, float], None] | None = None,
+               from_ts: float | None = None) -> tuple[float, int]:
+    """One shuffled pass over `data` (its `rows` only, if given; the loss at positions with
+    ts >= from_ts only, if given, the earlier ones warming the state): (summed loss, batches)."""
     model.train()
     running, seen = 0.0, 0
     for i, b in enumerate(batches(data, model.cfg, tcfg.batch_tokens, shuffle=True, rng=rng,
                                   rows=rows)):
+        mask = _eval_mask(b, data, from_ts, dev)
         b = b.to(dev)
-        p = batch_losses(model, b, sampler=sampler)
+        p = batch_losses(model, b, mask, sampler=sampler)
         loss = tcfg.w_item * p.item + tcfg.w_action * p.action + tcfg.w_churn * p.churn
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -368,6 +376,45 @@ def install_transitions(model: ClickstreamGRU, parts: SeqData | Sequence[SeqData
                           float(model.trans_weight))
 
 
+def validation_passes(model: ClickstreamGRU, train: SeqData, valid: SeqData, tcfg: TrainConfig,
+                      device: torch.device | str, valid_from_ts: float | None = None) -> dict[str, Any]:
+    """After calibration, `tcfg.valid_passes` shuffled passes over the validation part (its
+    positions from `valid_from_ts`, as `fit` scores them) at `tcfg.recent_lr`, a fresh Adam, the
+    negatives drawn as in training from `train`. Validation has made every choice it makes (the
+    epoch, the gate's shift, the table's weight), and its rows are the newest the model can learn
+    from before serving: what shoppers open drifts. The gate and the table's weight stay as
+    chosen. The table is out of the loss meanwhile (its weight 0, then restored): rebuilt with
+    these rows it holds their own transitions, and a GRU trained beside a table that knows the
+    answer learns to lean on it (screened on Diginetica: validation loss rose)."""
+    dev = torch.device(device)
+    rows = None
+    if valid_from_ts is not None:
+        last = valid.ts[np.maximum(valid.offsets[1:] - 1, 0)]
+        rows = np.nonzero((valid.lengths() > 0) & (last >= valid_from_ts))[0]
+    sampler = (NegativeSampler.from_data(train, model.cfg.item_vocab, tcfg.sampled_negatives,
+                                         device=dev, source=tcfg.negatives_from)
+               if tcfg.sampled_negatives else None)
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg.recent_lr, weight_decay=tcfg.weight_decay)
+    rng = np.random.default_rng(tcfg.seed)
+    weight = float(model.trans_weight) if model.cfg.transition_k else 0.0
+    losses = []
+    t0 = time.monotonic()
+    try:
+        if model.cfg.transition_k:
+            model.trans_weight.fill_(0.0)
+        for _ in range(tcfg.valid_passes):
+            running, seen = train_pass(model, valid, opt, sampler, tcfg, rng, dev, rows=rows,
+                                       from_ts=valid_from_ts)
+            losses.append(running / max(seen, 1))
+    finally:
+        if model.cfg.transition_k:
+            model.trans_weight.fill_(weight)
+        model.eval()
+    return {"passes": tcfg.valid_passes, "lr": tcfg.recent_lr,
+            "rows": int(len(valid) if rows is None else len(rows)), "train_loss": losses,
+            "seconds": time.monotonic() - t0}
+
+
 GATE_SHIFTS = tuple(s / 2 for s in range(-2, 9))  # -1.0 .. +4.0 in steps of 0.5
 TRANSITION_WEIGHTS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 # mixes the explore softmax (..., V), the repeat attention (..., W), the gate's logit (...) and the
@@ -391,7 +438,7 @@ def _validation_ranks(model: ClickstreamGRU, data: SeqData, tcfg: TrainConfig,
     rr = torch.zeros_like(hits)
     count = 0
     for b in batches(data, model.cfg, tcfg.batch_tokens, shuffle=False):
-        mask = _eval_mask(b, data, from_ts)
+        mask = _eval_mask(b, data, from_ts, device)
         b = b.to(device)
         sel = b.valid & (b.next_item >= 1) & (b.next_item <= n_known)
         if mask is not None:

@@ -206,7 +206,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                        negatives_from="mixed" if args.negatives else "popularity",
                        lr_decay=args.lr_decay, weight_decay=args.weight_decay,
                        transition_recency=args.transition_recency,
-                       recent_fraction=args.recent_fraction, recent_lr=args.recent_lr)
+                       recent_fraction=args.recent_fraction, recent_lr=args.recent_lr,
+                       valid_passes=args.valid_passes)
     data_desc: dict = {"source": args.source}
     if args.source == "diginetica":
         train, _ = read_diginetica(SHARED / "diginetica")
@@ -241,7 +242,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     version = save_version(Path(args.out), model.cpu(), items, cats, data_desc,
                            {"test": metrics, "training": {k: report[k] for k in  # + the recipe
                             ("epochs_run", "best_valid_loss", "train_seconds", "device",
-                             "train_config")}})
+                             "train_config", "recent_pass", "validation_passes") if k in report}})
     print(f"device {pick_device(args.device)}; test metrics: {metrics}")
     print(f"saved version {version} in {args.out}")
     return 0
@@ -497,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--horizon", type=float, default=1800.0, help="churn horizon in seconds")
     # the next-item recipe of benchmarks.next_item (Diginetica): --window-readout --negatives 8192
     # --batch-tokens 1024 --lr-decay 0.5 --weight-decay 1e-5 --transitions 30 --recent-fraction
-    # 0.3 (--transition-decay 0.6, --transition-recency 1.0 and --recent-lr 1e-4, the defaults);
+    # 0.3 --valid-passes 5 (--transition-decay 0.6, --transition-recency 1.0 and --recent-lr 1e-4,
+    # the defaults);
     # off by default: the readout costs scoring time on every event
     tr.add_argument("--window-readout", action=argparse.BooleanOptionalAction, default=False,
                     help="next-item query reads attention over the user's window and the newest "
@@ -516,7 +518,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--recent-fraction", type=_unit, default=0.0,
                     help="after early stopping, one more pass over the newest this share of the "
                          "training sequences at --recent-lr (0: none)")
-    tr.add_argument("--recent-lr", type=_positive, default=1e-4, help="the recency pass's rate")
+    tr.add_argument("--recent-lr", type=_positive, default=1e-4,
+                    help="the rate of the recency pass and of the validation passes")
+    tr.add_argument("--valid-passes", type=_count(0), default=0,
+                    help="once validation has chosen the epoch, the gate and the table's weight, "
+                         "this many passes over the validation part at --recent-lr (0: none)")
     tr.add_argument("--negatives", type=_count(0), default=0,
                     help="item head trained with a sampled softmax: the batch's next items plus "
                          "N popularity^0.75 draws (0: the full softmax over the catalogue)")

@@ -120,13 +120,16 @@ def test_the_train_command_builds_the_window_readout_recipe_and_the_stream_serve
     out = tmp_path / "models"
     assert main(["train", "--source", "simulate", "--quick", "--out", str(out), "--window-readout",
                  "--negatives", "64", "--batch-tokens", "512", "--lr-decay", "0.5",
-                 "--weight-decay", "1e-5"]) == 0
+                 "--weight-decay", "1e-5", "--valid-passes", "1"]) == 0
     cfg = Predictor(out, device="cpu").model.cfg
     assert cfg.window_attention and cfg.last_item_readout
     (manifest,) = (out / "versions").glob("*/manifest.json")
-    recipe = json.loads(manifest.read_text())["metrics"]["training"]["train_config"]
+    training = json.loads(manifest.read_text())["metrics"]["training"]
+    recipe = training["train_config"]
     assert (recipe["sampled_negatives"], recipe["negatives_from"], recipe["batch_tokens"],
-            recipe["lr_decay"], recipe["weight_decay"]) == (64, "mixed", 512, 0.5, 1e-5)
+            recipe["lr_decay"], recipe["weight_decay"], recipe["valid_passes"]) == \
+        (64, "mixed", 512, 0.5, 1e-5, 1)
+    assert training["validation_passes"]["passes"] == 1  # and the served model is the one after it
     events, _ = simulated_events(40, 800, seed=4)
     ref = offline_predictions(out, events, limits=LIM)
     preds, _ = stream(Predictor(out, device="cpu"), events)
@@ -140,7 +143,7 @@ def test_the_train_command_builds_the_window_readout_recipe_and_the_stream_serve
 @pytest.mark.parametrize("flag,value", [("--negatives", "-1"), ("--negatives", "2k"),
                                         ("--batch-tokens", "0"), ("--lr-decay", "0"),
                                         ("--lr-decay", "1.5"), ("--weight-decay", "-1e-5"),
-                                        ("--weight-decay", "nan")])
+                                        ("--weight-decay", "nan"), ("--valid-passes", "-1")])
 def test_the_train_command_refuses_a_recipe_setting_it_cannot_train_with(flag, value, capsys):
     from stream_app.cli import build_parser
 

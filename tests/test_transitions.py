@@ -255,3 +255,42 @@ def test_fit_builds_and_weighs_the_table_and_checkpoints_and_warm_starts_keep_it
     assert torch.equal(grown.trans_items[:1 + CFG.n_items], model.trans_items[:1 + CFG.n_items])
     assert float(grown.trans_probs[1 + CFG.n_items:].abs().sum()) == 0.0  # new items: none yet
     assert float(grown.trans_weight) == float(model.trans_weight)
+
+
+def test_validation_passes_train_the_scored_positions_with_the_table_out_of_the_loss(monkeypatch):
+    import models.train as train_mod
+
+    data = random_data(seed=6, n=30)
+    from_ts = float(np.median(data.ts))
+    model = ClickstreamGRU(TCFG)
+    install_transitions(model, data, TrainConfig())
+    model.trans_weight.fill_(0.2)
+    before = copy.deepcopy(model.state_dict())
+    seen = []
+    real = train_mod.batch_losses
+
+    def spy(m, b, mask=None, sampler=None):
+        seen.append((float(m.trans_weight), b.rows.copy(), mask))
+        return real(m, b, mask, sampler=sampler)
+
+    monkeypatch.setattr(train_mod, "batch_losses", spy)
+    tcfg = TrainConfig(batch_tokens=64, valid_passes=2, recent_lr=3e-4)
+    report = train_mod.validation_passes(model, data, data, tcfg, "cpu", valid_from_ts=from_ts)
+
+    last = data.ts[data.offsets[1:] - 1]
+    scored = np.nonzero(last >= from_ts)[0]  # rows with a position at or after from_ts
+    assert 0 < len(scored) < len(data)
+    assert report["passes"] == 2 and report["rows"] == len(scored) and len(report["train_loss"]) == 2
+    assert all(w == 0.0 for w, *_ in seen)  # the table is out of the loss during the passes
+    rows = np.concatenate([r for _, r, _ in seen])
+    assert sorted(rows.tolist()) == sorted(scored.tolist() * 2)  # each such row once per pass
+    for _, batch_rows, mask in seen:  # the loss only at positions from from_ts
+        for i, r in enumerate(batch_rows):
+            s, e = data.offsets[r], data.offsets[r + 1]
+            want = np.zeros(mask.shape[1], bool)
+            want[: e - s] = data.ts[s:e] >= from_ts
+            assert np.array_equal(mask[i].numpy(), want), r
+    assert float(model.trans_weight) == pytest.approx(0.2)  # restored
+    assert not model.training
+    moved = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert "gru.weight_hh_l0" in moved and "trans_probs" not in moved
