@@ -30,11 +30,12 @@ def _env(d: dict[str, Any]) -> str:
     return f"`{Path(d.get('_file', '')).name}` · git {sha} · {dev} · torch {e['torch']}"
 
 
-# model and training arguments whose default an ablation run may predate (not its budget)
+# model and training arguments whose default an ablation run may predate (not its budget; not
+# valid_passes either: those passes come after the validation figures an ablation row reports)
 DEFAULTS_SHOWN = ("negatives", "negatives_from", "cosine", "scale", "attention", "last_item", "repeat",
                   "gate_stats", "calibrate_gate", "transitions", "transition_reach",
                   "transition_backward", "transition_decay", "transition_recency",
-                  "recent_fraction", "recent_lr", "valid_passes", "emb", "hidden",
+                  "recent_fraction", "recent_lr", "emb", "hidden",
                   "dropout", "lr", "lr_decay", "weight_decay", "batch_tokens")
 
 
