@@ -109,15 +109,18 @@ def gru_ranks(model, items: Vocab, test, device, batch: int = 2048) -> np.ndarra
     return ranks
 
 
+def at20(ranks: np.ndarray) -> dict[str, float]:
+    """P@20 and MRR@20 of these ranks, in % to two decimals."""
+    p, m = recall_mrr_at_k(ranks, 20)
+    return {"P@20": round(100 * p, 2), "MRR@20": round(100 * m, 2)}
+
+
 def by_target(ranks: np.ndarray, test: list) -> dict[str, dict[str, float]]:
     """P@20/MRR@20 on the rows whose target is already in the prefix (the repeat channel's
     share) and on the rest."""
     seen = np.array([t in pr for pr, t in test])
-    out = {}
-    for name, m in (("target_in_prefix", seen), ("target_new", ~seen)):
-        p, r = recall_mrr_at_k(ranks[m], 20)
-        out[name] = {"P@20": round(100 * p, 2), "MRR@20": round(100 * r, 2), "rows": int(m.sum())}
-    return out
+    return {name: at20(ranks[m]) | {"rows": int(m.sum())}
+            for name, m in (("target_in_prefix", seen), ("target_new", ~seen))}
 
 
 # Ablations: each row retrains with one part of the default changed, at the same budget
@@ -207,20 +210,16 @@ def run_variant(args: argparse.Namespace, train: list[list[str]], test: list, de
     vp, vm = recall_mrr_at_k(predict(model, valid, None, len(items), device).item_ranks, 20)
     row = {"valid_P@20": round(100 * vp, 2), "valid_MRR@20": round(100 * vm, 2)}
     if test and cfg.transition_k:  # the same model with the table of the fit part only
-        p, m = recall_mrr_at_k(gru_ranks(model, items, test, device), 20)
-        row["table_from_fit_part_only"] = {"P@20": round(100 * p, 2), "MRR@20": round(100 * m, 2)}
+        row["table_from_fit_part_only"] = at20(gru_ranks(model, items, test, device))
     if cfg.transition_k:  # the weight is chosen; the deployed table counts validation too
         install_transitions(model, [fit_data, valid], tcfg)
     if tcfg.valid_passes:  # validation has chosen all it chooses; now the model learns from it
         if test:  # the same model before the passes
-            p, m = recall_mrr_at_k(gru_ranks(model, items, test, device), 20)
-            row["before_validation_passes"] = {"P@20": round(100 * p, 2), "MRR@20": round(100 * m, 2)}
+            row["before_validation_passes"] = at20(gru_ranks(model, items, test, device))
         report["validation_passes"] = validation_passes(model, fit_data, valid, tcfg, device)
     if test:
         ranks = gru_ranks(model, items, test, device)
-        p, m = recall_mrr_at_k(ranks, 20)
-        row |= {"P@20": round(100 * p, 2), "MRR@20": round(100 * m, 2),
-                "by_target": by_target(ranks, test)}
+        row |= at20(ranks) | {"by_target": by_target(ranks, test)}
     row |= {"epochs_run": report["epochs_run"], "train_seconds": round(report["train_seconds"], 1),
             "evaluate_seconds": round(time.time() - t_eval, 1)}
     return {"row": row, "cfg": cfg, "report": report, "n_items": len(items)}
@@ -332,9 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     main_run = run_variant(args, train, test, device)
     results = {}
     for name, ranks in (baseline_ranks(train, test).items() if test else ()):
-        p, m = recall_mrr_at_k(ranks, 20)
-        results[name] = {"P@20": round(100 * p, 2), "MRR@20": round(100 * m, 2),
-                         "by_target": by_target(ranks, test)}
+        results[name] = at20(ranks) | {"by_target": by_target(ranks, test)}
     results["clickstream-gru"] = main_run["row"]
     names = list(ABLATIONS) if args.ablations == "all" else [a for a in args.ablations.split(",") if a]
     ablations = {"default": main_run["row"]}

@@ -41,7 +41,7 @@ DEFAULTS_SHOWN = ("negatives", "negatives_from", "cosine", "scale", "attention",
 
 def next_item(d: dict[str, Any]) -> list[str]:
     r, pub = d["results"], d["published"]
-    t = d["training"]
+    gru, t = r["clickstream-gru"], d["training"]
     lines = [f"**Next item, Diginetica** (SR-GNN split, all {d['model_config']['n_items']:,} items ranked, "
              f"{d['test_rows']:,} test rows fed through `step()` one event at a time). "
              f"Trained {t['epochs_run']} epochs in {t['train_seconds'] / 60:.0f} min on {t['device']}. "
@@ -53,7 +53,7 @@ def next_item(d: dict[str, Any]) -> list[str]:
     for name, v in pub.items():
         lines.append(f"| {name} | {v['P@20']:.2f} | {v['MRR@20']:.2f} | published |")
     lines += ["", f"<sub>{_env(d)}</sub>", ""]
-    split = r["clickstream-gru"].get("by_target")
+    split = gru.get("by_target")
     if split:
         seen, new = split["target_in_prefix"], split["target_new"]
         lines += [f"By target: the {seen['rows']:,} rows whose next item is already in the prefix "
@@ -84,7 +84,6 @@ def next_item(d: dict[str, Any]) -> list[str]:
                 if a.get("transition_decay") else "the newest item's row")
         recency = (f", a session weighing exp(-(sessions newer than it) / "
                    f"({a['transition_recency']} x sessions))" if a.get("transition_recency") else "")
-        gru = r["clickstream-gru"]
         fit_only = gru.get("table_from_fit_part_only")
         with_table = gru.get("before_validation_passes", gru)
         rebuilt = (f" Once the weight is chosen, the table is rebuilt with the validation sessions "
@@ -99,8 +98,8 @@ def next_item(d: dict[str, Any]) -> list[str]:
                   f"validation MRR@20 ({at0['P@20']:.2f} / {at0['MRR@20']:.2f} without it, "
                   f"{best['P@20']:.2f} / {best['MRR@20']:.2f} with it).{rebuilt}", ""]
     vp = t.get("validation_passes")
-    if vp and "before_validation_passes" in r["clickstream-gru"]:
-        gru, before = r["clickstream-gru"], r["clickstream-gru"]["before_validation_passes"]
+    if vp and "before_validation_passes" in gru:
+        before = gru["before_validation_passes"]
         lines += [f"Validation passes: once validation has chosen the epoch, the gate and the "
                   f"table's weight, {vp['passes']} passes over its {vp['rows']:,} sessions at "
                   f"learning rate {vp['lr']:g} (the table out of the loss): test "

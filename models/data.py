@@ -196,12 +196,17 @@ def batches(data: SeqData, cfg: GRUConfig, max_tokens: int, shuffle: bool,
         yield make_batch(data, g, cfg)
 
 
+def row_last_ts(data: SeqData) -> np.ndarray:
+    """(S,) each row's last event time (an empty row reads the previous row's last event)."""
+    return data.ts[np.maximum(data.offsets[1:] - 1, 0)]
+
+
 def row_recency(data: SeqData) -> np.ndarray:
     """Each row's place from the oldest (0) to the newest (len - 1): by its last event's time, or
     by row order when the data has no time (sessions listed oldest first, as Diginetica's are)."""
     if not data.has_time:
         return np.arange(len(data))
-    last = data.ts[np.maximum(data.offsets[1:] - 1, 0)]
+    last = row_last_ts(data)
     place = np.empty(len(data), np.int64)
     place[np.argsort(last, kind="stable")] = np.arange(len(data))
     return place

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import IGNORE, Batch, SeqData, batches, item_transitions, make_batch, row_recency
+from .data import IGNORE, Batch, SeqData, batches, item_transitions, make_batch, row_last_ts, row_recency
 from .gru import ClickstreamGRU, Events, GRUConfig, mixture_probs, sequence_profile
 
 
@@ -156,7 +156,7 @@ def batch_losses(model: ClickstreamGRU, b: Batch, mask: torch.Tensor | None = No
                                            "churn": int(m_churn.sum())})
 
 
-def _eval_mask(b: Batch, data: SeqData, from_ts: float | None,
+def _mask_from(b: Batch, data: SeqData, from_ts: float | None,
                device: torch.device | str) -> torch.Tensor | None:
     """(B, T) on `device`: the batch's positions with ts >= from_ts (None: every position)."""
     if from_ts is None:
@@ -176,7 +176,7 @@ def evaluate_loss(model: ClickstreamGRU, data: SeqData, tcfg: TrainConfig, devic
     sums = {"item": 0.0, "action": 0.0, "churn": 0.0}
     counts = {"item": 0, "action": 0, "churn": 0}
     for b in batches(data, model.cfg, tcfg.batch_tokens, shuffle=False):
-        mask = _eval_mask(b, data, from_ts, device)
+        mask = _mask_from(b, data, from_ts, device)
         b = b.to(device)
         parts = batch_losses(model, b, mask)
         for k in sums:
@@ -332,7 +332,7 @@ def train_pass(model: ClickstreamGRU, data: SeqData, opt: torch.optim.Optimizer,
     running, seen = 0.0, 0
     for i, b in enumerate(batches(data, model.cfg, tcfg.batch_tokens, shuffle=True, rng=rng,
                                   rows=rows)):
-        mask = _eval_mask(b, data, from_ts, dev)
+        mask = _mask_from(b, data, from_ts, dev)
         b = b.to(dev)
         p = batch_losses(model, b, mask, sampler=sampler)
         loss = tcfg.w_item * p.item + tcfg.w_action * p.action + tcfg.w_churn * p.churn
@@ -391,8 +391,7 @@ def validation_passes(model: ClickstreamGRU, train: SeqData, valid: SeqData, tcf
     dev = torch.device(device)
     rows = None
     if valid_from_ts is not None:
-        last = valid.ts[np.maximum(valid.offsets[1:] - 1, 0)]
-        rows = np.nonzero((valid.lengths() > 0) & (last >= valid_from_ts))[0]
+        rows = np.nonzero((valid.lengths() > 0) & (row_last_ts(valid) >= valid_from_ts))[0]
     sampler = (NegativeSampler.from_data(train, model.cfg.item_vocab, tcfg.sampled_negatives,
                                          device=dev, source=tcfg.negatives_from)
                if tcfg.sampled_negatives else None)
@@ -440,7 +439,7 @@ def _validation_ranks(model: ClickstreamGRU, data: SeqData, tcfg: TrainConfig,
     rr = torch.zeros_like(hits)
     count = 0
     for b in batches(data, model.cfg, tcfg.batch_tokens, shuffle=False):
-        mask = _eval_mask(b, data, from_ts, device)
+        mask = _mask_from(b, data, from_ts, device)
         b = b.to(device)
         sel = b.valid & (b.next_item >= 1) & (b.next_item <= n_known)
         if mask is not None:
