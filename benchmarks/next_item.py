@@ -189,7 +189,7 @@ def build_config(args: argparse.Namespace, n_items: int) -> tuple[GRUConfig, Tra
                        transition_backward=args.transition_backward,
                        transition_recency=args.transition_recency,
                        recent_fraction=args.recent_fraction, recent_lr=args.recent_lr,
-                       valid_passes=args.valid_passes)
+                       valid_passes=args.valid_passes, bf16=args.bf16)
     return cfg, tcfg
 
 
@@ -307,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
                          "softmax; with --negatives-from in_batch any value > 0 turns it on, "
                          "and only the batch's next items are used)")
     ap.add_argument("--negatives-from", choices=["popularity", "in_batch", "mixed"], default="mixed")
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False,
+                    help="train in bfloat16 mixed precision (TrainConfig.bf16)")
     ap.add_argument("--train-sessions", type=int, default=None,
                     help="fit on only the N most recent training sessions before the validation "
                          "part (quick experiments; validation stays the last 5%%)")

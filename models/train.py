@@ -66,6 +66,11 @@ class TrainConfig:
     # > 0: after calibration, this many passes over the validation part at `recent_lr`
     # (`validation_passes`): its rows are the newest the model can learn from before serving
     valid_passes: int = 0
+    # train in bfloat16 mixed precision (torch.autocast; weights, optimiser state, validation and
+    # serving stay float32): the sampled softmax's matrix products run at the CPU's bf16 rate
+    # (AVX512-BF16 / AMX) or on a GPU's tensor cores. Diginetica default model on the 2-core
+    # CPU: 135 ms per training batch against 180 in float32, the same mean loss to 4 decimals
+    bf16: bool = False
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -334,8 +339,9 @@ def train_pass(model: ClickstreamGRU, data: SeqData, opt: torch.optim.Optimizer,
                                   rows=rows)):
         mask = _mask_from(b, data, from_ts, dev)
         b = b.to(dev)
-        p = batch_losses(model, b, mask, sampler=sampler)
-        loss = tcfg.w_item * p.item + tcfg.w_action * p.action + tcfg.w_churn * p.churn
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=tcfg.bf16):
+            p = batch_losses(model, b, mask, sampler=sampler)
+            loss = tcfg.w_item * p.item + tcfg.w_action * p.action + tcfg.w_churn * p.churn
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)

@@ -136,6 +136,32 @@ def test_sampled_softmax_is_exact_when_every_item_is_sampled_once():
     assert bool((rough >= full - 1e-6).all()) and bool((rough > full + 1e-3).any())
 
 
+def test_bf16_training_keeps_float32_weights_and_the_float32_loss():
+    data = random_data(seed=7, n=30)
+    torch.manual_seed(7)
+    model = ClickstreamGRU(CFG)
+    sampler = train_mod.NegativeSampler.from_data(data, CFG.item_vocab, 16, source="mixed")
+    b = make_batch(data, list(range(30)), CFG)
+    model.eval()  # no dropout: the two precisions see the same network
+    with torch.no_grad():
+        torch.manual_seed(0)
+        exact = train_mod.batch_losses(model, b, sampler=sampler)
+        torch.manual_seed(0)  # the same negatives
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            rough = train_mod.batch_losses(model, b, sampler=sampler)
+    for head in ("item", "action", "churn"):
+        assert getattr(rough, head).dtype == torch.float32
+        assert abs(float(getattr(rough, head)) - float(getattr(exact, head))) < 0.05
+    before = model.item_query.weight.detach().clone()
+    tcfg = TrainConfig(batch_tokens=64, bf16=True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    running, seen = train_mod.train_pass(model, data, opt, sampler, tcfg, np.random.default_rng(0),
+                                         torch.device("cpu"))
+    assert seen > 0 and math.isfinite(running)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert not torch.equal(model.item_query.weight, before)
+
+
 def test_heads_start_at_the_training_label_rates():
     # two users: actions 0,2,2 and 0,5 (next actions: 2,2,5); item 3 follows twice, item 4 once;
     # gaps 10 s, 500 s (horizon 100: churned), 50 s; the last events are censored or churned
