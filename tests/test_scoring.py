@@ -120,15 +120,15 @@ def test_the_train_command_builds_the_window_readout_recipe_and_the_stream_serve
     out = tmp_path / "models"
     assert main(["train", "--source", "simulate", "--quick", "--out", str(out), "--window-readout",
                  "--negatives", "64", "--batch-tokens", "512", "--lr-decay", "0.5",
-                 "--weight-decay", "1e-5", "--valid-passes", "1"]) == 0
+                 "--weight-decay", "1e-5", "--valid-passes", "1", "--bf16"]) == 0
     cfg = Predictor(out, device="cpu").model.cfg
     assert cfg.window_attention and cfg.last_item_readout
     (manifest,) = (out / "versions").glob("*/manifest.json")
     training = json.loads(manifest.read_text())["metrics"]["training"]
     recipe = training["train_config"]
     assert (recipe["sampled_negatives"], recipe["negatives_from"], recipe["batch_tokens"],
-            recipe["lr_decay"], recipe["weight_decay"], recipe["valid_passes"]) == \
-        (64, "mixed", 512, 0.5, 1e-5, 1)
+            recipe["lr_decay"], recipe["weight_decay"], recipe["valid_passes"], recipe["bf16"]) == \
+        (64, "mixed", 512, 0.5, 1e-5, 1, True)
     assert training["validation_passes"]["passes"] == 1  # and the served model is the one after it
     events, _ = simulated_events(40, 800, seed=4)
     ref = offline_predictions(out, events, limits=LIM)
