@@ -69,7 +69,9 @@ class TrainConfig:
     # train in bfloat16 mixed precision (torch.autocast; weights, optimiser state, validation and
     # serving stay float32): the sampled softmax's matrix products run at the CPU's bf16 rate
     # (AVX512-BF16 / AMX) or on a GPU's tensor cores. Diginetica default model on the 2-core
-    # CPU: 135 ms per training batch against 180 in float32, the same mean loss to 4 decimals
+    # CPU: 135 ms per training batch against 180 in float32, the same mean loss to 4 decimals;
+    # the full benchmark command level with float32 (54.99 / 20.35 against 54.98 / 20.35), its
+    # epochs 8% faster but the whole run not (benchmarks/results/next_item_bf16.json)
     bf16: bool = False
 
 
